@@ -1,0 +1,25 @@
+# make test : create .venv, install seal-jax with its test extra, run the test suite.
+# make demo : run the best end-to-end thing the project can do on an embedded default (no download).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: HF safetensors (models), PEFT (adapters), orbax (training state)."""

@@ -1,0 +1,238 @@
+"""HF checkpoint I/O: `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`) <-> `Model`.
+
+The key map is explicit: every HF tensor name maps to one leaf of our parameter tree through a named layout, and every
+tensor's shape is checked against the config before it is used. An unknown, missing or mis-shaped tensor is an error
+naming the tensor.
+
+HF layout (torch Linear stores [out, in]) -> ours:
+  q/k/v_proj.weight [N*Dh, D]   -> attn.{q,k,v}.kernel [L][D, N, Dh]     ("in_heads")
+  q/k/v_proj.bias   [N*Dh]      -> attn.{q,k,v}.bias   [L][N, Dh]        ("heads_bias")
+  o_proj.weight     [D, H*Dh]   -> attn.o.kernel       [L][H, Dh, D]     ("out_heads")
+  gate/up_proj.weight [F, D]    -> mlp.{gate,up}.kernel [L][D, F]        ("linear")
+  down_proj.weight  [D, F]      -> mlp.down.kernel     [L][F, D]         ("linear")
+  *_layernorm.weight [D]        -> *_norm.scale        [L][D]            ("copy")
+  embed_tokens.weight [V, D]    -> embedding [V, D];  lm_head.weight [V, D] -> lm_head [D, V];  norm.weight -> final_norm
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable
+
+import jax
+import ml_dtypes
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from seal_jax.models.config import ConfigError, ModelConfig
+from seal_jax.models.model import Model, abstract_params, as_dtype
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as asked (one line, names the file or tensor)."""
+
+
+# layout name -> (HF array -> our array of `shape`, our array -> HF array)
+_LAYOUTS: dict[str, tuple[Callable, Callable]] = {
+    "copy": (lambda w, shape: w.reshape(shape), lambda w: w),
+    "linear": (lambda w, shape: w.T.reshape(shape), lambda w: w.T),
+    "in_heads": (lambda w, shape: w.T.reshape(shape), lambda w: w.reshape(w.shape[0], -1).T),
+    "heads_bias": (lambda w, shape: w.reshape(shape), lambda w: w.reshape(-1)),
+    "out_heads": (lambda w, shape: w.T.reshape(shape), lambda w: w.reshape(-1, w.shape[-1]).T),
+}
+
+# HF per-layer suffix -> (our path under params["layers"], layout)
+_LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "input_layernorm.weight": (("input_norm", "scale"), "copy"),
+    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), "copy"),
+    "self_attn.q_proj.weight": (("attn", "q", "kernel"), "in_heads"),
+    "self_attn.k_proj.weight": (("attn", "k", "kernel"), "in_heads"),
+    "self_attn.v_proj.weight": (("attn", "v", "kernel"), "in_heads"),
+    "self_attn.q_proj.bias": (("attn", "q", "bias"), "heads_bias"),
+    "self_attn.k_proj.bias": (("attn", "k", "bias"), "heads_bias"),
+    "self_attn.v_proj.bias": (("attn", "v", "bias"), "heads_bias"),
+    "self_attn.o_proj.weight": (("attn", "o", "kernel"), "out_heads"),
+    "mlp.gate_proj.weight": (("mlp", "gate", "kernel"), "linear"),
+    "mlp.up_proj.weight": (("mlp", "up", "kernel"), "linear"),
+    "mlp.down_proj.weight": (("mlp", "down", "kernel"), "linear"),
+}
+_TOP_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
+    "model.embed_tokens.weight": (("embedding",), "copy"),
+    "model.norm.weight": (("final_norm", "scale"), "copy"),
+    "lm_head.weight": (("lm_head",), "linear"),
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+# Buffers some exporters write that carry no parameters.
+_IGNORED_RE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
+
+
+def _get(tree, path):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def hf_tensor_names(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
+    """Every HF tensor this config needs -> (our path, layout, layer index or None)."""
+    names: dict[str, tuple[tuple[str, ...], str, int | None]] = {}
+    for key, (path, layout) in _TOP_KEYS.items():
+        if key == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        names[key] = (path, layout, None)
+    for i in range(cfg.num_layers):
+        for suffix, (path, layout) in _LAYER_KEYS.items():
+            if suffix.endswith(".bias") and not cfg.qkv_bias:
+                continue
+            names[f"model.layers.{i}.{suffix}"] = (("layers",) + path, layout, i)
+    return names
+
+
+def _hf_shape(layout: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return _LAYOUTS[layout][1](np.empty(our_shape, np.int8)).shape
+
+
+def read_config(path: str) -> ModelConfig:
+    cfg_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    if not os.path.isfile(cfg_path):
+        raise CheckpointError(f"no {CONFIG_FILE} in {path}")
+    try:
+        with open(cfg_path) as f:
+            hf = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        return ModelConfig.from_hf(hf, source=cfg_path)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _weight_files(path: str) -> dict[str, list[str]]:
+    """file name -> tensor names it holds (per the index for sharded checkpoints)."""
+    index = os.path.join(path, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map'")
+        files: dict[str, list[str]] = {}
+        for name, fname in weight_map.items():
+            files.setdefault(fname, []).append(name)
+        for fname in files:
+            if not os.path.isfile(os.path.join(path, fname)):
+                raise CheckpointError(f"{index} names {fname}, which is missing from {path}")
+        return files
+    single = os.path.join(path, WEIGHTS_FILE)
+    if os.path.isfile(single):
+        with safe_open(single, framework="numpy") as f:
+            return {WEIGHTS_FILE: list(f.keys())}
+    raise CheckpointError(f"no {WEIGHTS_FILE} or {INDEX_FILE} in {path}")
+
+
+def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: ModelConfig | None = None) -> Model:
+    """Load a HF checkpoint directory into a `Model`, casting every tensor to `dtype`.
+
+    sharding: None (default device), one `jax.sharding.Sharding` for every leaf, a pytree of shardings shaped like
+    the params, or a `jax.sharding.Mesh` (then the project's sharding rules place each leaf; see seal_jax.sharding).
+    Each tensor goes from the file straight to its target placement.
+    """
+    cfg = config or read_config(path)
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if as_dtype(dtype) == as_dtype("bfloat16") else np.dtype(as_dtype(dtype))
+    abstract = abstract_params(cfg, dtype)
+    expected = hf_tensor_names(cfg)
+
+    # Host buffers in our layout, stacked over layers.
+    host = jax.tree.map(lambda a: np.empty(a.shape, np_dtype), abstract)
+    seen: set[str] = set()
+    for fname, names in _weight_files(path).items():
+        with safe_open(os.path.join(path, fname), framework="numpy") as f:
+            for name in names:
+                if _IGNORED_RE.search(name) or (name == "lm_head.weight" and cfg.tie_word_embeddings):
+                    continue
+                if name not in expected:
+                    m = _LAYER_RE.match(name)
+                    if m and int(m.group(1)) >= cfg.num_layers:
+                        raise CheckpointError(f"{fname}: tensor {name} is beyond num_hidden_layers={cfg.num_layers}")
+                    raise CheckpointError(f"{fname}: unknown tensor {name} for a {cfg.architecture}")
+                our_path, layout, layer = expected[name]
+                target = _get(host, our_path)
+                our_shape = target.shape[1:] if layer is not None else target.shape
+                want = _hf_shape(layout, our_shape)
+                w = f.get_tensor(name)
+                if tuple(w.shape) != want:
+                    raise CheckpointError(f"{fname}: tensor {name} has shape {tuple(w.shape)}, "
+                                          f"expected {want} for this config")
+                value = _LAYOUTS[layout][0](w, our_shape).astype(np_dtype)
+                if layer is None:
+                    target[...] = value
+                else:
+                    target[layer] = value
+                seen.add(name)
+    missing = [n for n in expected if n not in seen]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"missing tensor {missing[0]}{more} in {path}")
+
+    params = _place(host, sharding, cfg)
+    return Model(cfg, params)
+
+
+def _place(host, sharding, cfg: ModelConfig):
+    if sharding is None:
+        return jax.tree.map(jax.device_put, host)
+    if isinstance(sharding, jax.sharding.Mesh):
+        from seal_jax.sharding import param_shardings
+        sharding = param_shardings(cfg, sharding)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda a: jax.device_put(a, sharding), host)
+    return jax.tree.map(jax.device_put, host, sharding)
+
+
+def to_hf_tensors(model: Model) -> dict[str, np.ndarray]:
+    """Our params -> {HF tensor name: numpy array} (same dtype)."""
+    cfg = model.config
+    out = {}
+    for name, (path, layout, layer) in hf_tensor_names(cfg).items():
+        w = np.asarray(jax.device_get(_get(model.params, path)))
+        if layer is not None:
+            w = w[layer]
+        out[name] = np.ascontiguousarray(_LAYOUTS[layout][1](w))
+    return out
+
+
+def save_pretrained(model: Model, path: str, max_shard_bytes: int | None = None) -> None:
+    """Write `config.json` + safetensors in HF layout (sharded with an index when larger than `max_shard_bytes`)."""
+    os.makedirs(path, exist_ok=True)
+    dtype_name = {np.dtype(ml_dtypes.bfloat16): "bfloat16", np.dtype(np.float16): "float16"}.get(
+        np.dtype(model.dtype), "float32")
+    with open(os.path.join(path, CONFIG_FILE), "w") as f:
+        json.dump(model.config.to_hf(dtype_name), f, indent=2)
+    tensors = to_hf_tensors(model)
+    meta = {"format": "pt"}
+    total = sum(t.nbytes for t in tensors.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
+        save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata=meta)
+        return
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        if shards[-1] and size + t.nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(path, fname), metadata=meta)
+        weight_map.update({n: fname for n in shard})
+    with open(os.path.join(path, INDEX_FILE), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

@@ -1,0 +1,181 @@
+"""Batched generation: jit-compiled prefill + decode loop over a preallocated, donated KV cache.
+
+Prompts of different lengths are left-padded to a common prompt bucket P (segment id 0 marks padding; each row's
+rotary positions start at 0 at its first real token), so every row's next token lands in the same cache slot. The
+batch, P and the new-token budget N are rounded up to buckets (`seal_jax.buckets`), and everything that varies per
+call — temperatures, top-p, seeds, stop ids, per-row budgets — is a traced array, so calls inside one bucket reuse
+one compiled program. Decoding is a `lax.while_loop` that stops early once every row is done.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seal_jax.buckets import batch_bucket, bucket
+from seal_jax.models.model import Model
+from seal_jax.models.transformer import init_cache
+
+MAX_STOP_IDS = 8  # stop ids are padded to this many (with -1), so their number never changes the compiled shape
+
+# How many times each jitted function has been traced (i.e. compiled) in this process; tests read it.
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+def _as_lora_tree(lora):
+    return lora.layer_tree() if lora is not None and hasattr(lora, "layer_tree") else lora
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def _prefill(model: Model, lora, tokens, positions, segment_ids, cache):
+    """tokens [B, P] (left-padded) -> (last-position logits float32 [B, V], cache)."""
+    TRACE_COUNTS["prefill"] += 1
+    logits, cache = model.apply(tokens, positions, segment_ids, lora=lora, cache=cache, cache_index=0)
+    return logits[:, -1], cache
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def decode_step(model: Model, cache, tokens, positions, cache_index, lora=None):
+    """One cached step: tokens [B, T] written at `cache_index` -> (logits float32 [B, T, V], cache)."""
+    TRACE_COUNTS["decode_step"] += 1
+    seg = jnp.ones(tokens.shape, jnp.int32)
+    return model.apply(tokens, positions, seg, lora=_as_lora_tree(lora), cache=cache, cache_index=cache_index)
+
+
+def sample_tokens(logits, keys, temperature, top_p):
+    """logits float32 [B, V], keys [B, 2], temperature [B] (0 = greedy), top_p [B] -> tokens int32 [B]."""
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+
+    def nucleus(scaled):
+        probs = jax.nn.softmax(scaled, axis=-1)  # [B, V]
+        sorted_p = -jnp.sort(-probs, axis=-1)  # descending
+        keep = (jnp.cumsum(sorted_p, axis=-1) - sorted_p) < top_p[:, None]  # always keeps the top token
+        threshold = jnp.min(jnp.where(keep, sorted_p, jnp.inf), axis=-1, keepdims=True)  # [B, 1]
+        return jnp.where(probs >= threshold, scaled, -jnp.inf)
+
+    scaled = jax.lax.cond(jnp.all(top_p >= 1.0), lambda s: s, nucleus, scaled)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def _decode(model: Model, lora, cache, logits, lengths, start, keys, temperature, top_p, max_new, stop_ids, out):
+    """Decode up to N = out.shape[1] tokens per row.
+
+    logits [B, V] (from prefill), lengths [B] prompt lengths, start = first free cache slot, keys [B, 2],
+    temperature/top_p [B], max_new [B] per-row budgets (0 for padding rows), stop_ids [MAX_STOP_IDS] (-1 = unused),
+    out [B, N] buffer. Returns (out, n_generated [B], cache); the stop token itself is not counted. The cache is
+    returned only so that the donated input buffer is reused in place by the loop.
+    """
+    TRACE_COUNTS["decode"] += 1
+    B, N = out.shape
+    ones = jnp.ones((B, 1), jnp.int32)
+
+    def cond(state):
+        t, _, _, _, done, _, _ = state
+        return (t < N) & ~jnp.all(done)
+
+    def body(state):
+        t, cache, logits, out, done, n_gen, keys = state
+        split = jax.vmap(jax.random.split)(keys)  # [B, 2, 2]
+        keys, sub = split[:, 0], split[:, 1]
+        tok = sample_tokens(logits, sub, temperature, top_p)  # [B]
+        is_stop = jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        active = ~done
+        out = jax.lax.dynamic_update_slice(out, jnp.where(active, tok, 0)[:, None], (0, t))
+        n_gen = n_gen + (active & ~is_stop).astype(jnp.int32)
+        done = done | is_stop | (t + 1 >= max_new)
+        step_logits, cache = model.apply(tok[:, None], (lengths + t)[:, None], ones, lora=lora, cache=cache,
+                                         cache_index=start + t)
+        return t + 1, cache, step_logits[:, 0], out, done, n_gen, keys
+
+    done0 = max_new <= 0
+    state = (jnp.int32(0), cache, logits, out, done0, jnp.zeros((B,), jnp.int32), keys)
+    _, cache, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, state)
+    return out, n_gen, cache
+
+
+def _per_row(value, n: int, name: str, dtype) -> np.ndarray:
+    if np.ndim(value) == 0:
+        return np.full((n,), value, dtype)
+    arr = np.asarray(value, dtype)
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have one value per prompt ({n}), got shape {arr.shape}")
+    return arr
+
+
+def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] = 32,
+             temperature: float | Sequence[float] = 0.0, top_p: float | Sequence[float] = 1.0,
+             seed: int | Sequence[int] = 0, stop_token_ids: Sequence[int] | None = None, lora=None,
+             prompt_buckets: Sequence[int] | None = None) -> list[list[int]]:
+    """prompts: list of token-id lists -> list of new-token lists (stop token excluded).
+
+    temperature 0 is greedy. `seed` is one int (row i uses fold_in(seed, i)) or one seed per row, so a row's sample
+    does not depend on which other rows share its batch. `lora`: None or an adapter (see `seal_jax.lora`).
+    """
+    cfg = model.config
+    n = len(prompts)
+    if n == 0:
+        return []
+    prompts = [list(map(int, p)) for p in prompts]
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if min(p) < 0 or max(p) >= cfg.vocab_size:
+            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
+    budgets = _per_row(max_new_tokens, n, "max_new_tokens", np.int32)
+    if budgets.min() < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    stop = list(stop_token_ids or [])
+    if len(stop) > MAX_STOP_IDS:
+        raise ValueError(f"at most {MAX_STOP_IDS} stop token ids are supported, got {len(stop)}")
+
+    B = batch_bucket(n)
+    P = bucket(max(len(p) for p in prompts), prompt_buckets)
+    N = bucket(int(budgets.max()), minimum=1)
+    if P + N > cfg.max_position_embeddings:
+        raise ValueError(f"prompt bucket {P} + new-token bucket {N} exceeds max_position_embeddings "
+                         f"{cfg.max_position_embeddings}")
+
+    tokens = np.zeros((B, P), np.int32)
+    seg = np.zeros((B, P), np.int32)
+    pos = np.zeros((B, P), np.int32)
+    lengths = np.ones((B,), np.int32)
+    for i, p in enumerate(prompts):
+        L = len(p)
+        tokens[i, P - L:] = p
+        seg[i, P - L:] = 1
+        pos[i, P - L:] = np.arange(L)
+        lengths[i] = L
+    seg[n:, -1] = 1  # padding rows: one dummy token, zero budget
+    max_new = np.zeros((B,), np.int32)
+    max_new[:n] = budgets
+
+    temps = np.zeros((B,), np.float32)
+    temps[:n] = _per_row(temperature, n, "temperature", np.float32)
+    tops = np.ones((B,), np.float32)
+    tops[:n] = _per_row(top_p, n, "top_p", np.float32)
+    if np.ndim(seed) == 0:
+        base = jax.random.PRNGKey(int(seed))
+        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(B))
+    else:
+        seeds = np.zeros((B,), np.int64)
+        seeds[:n] = _per_row(seed, n, "seed", np.int64)
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+    stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
+    stop_ids[:len(stop)] = stop
+
+    lora = _as_lora_tree(lora)
+    cache = init_cache(cfg, B, P + N, model.dtype)
+    logits, cache = _prefill(model, lora, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg), cache)
+    out, n_gen, _ = _decode(model, lora, cache, logits, jnp.asarray(lengths), jnp.int32(P), keys, jnp.asarray(temps),
+                         jnp.asarray(tops), jnp.asarray(max_new), jnp.asarray(stop_ids),
+                         jnp.zeros((B, N), jnp.int32))
+    out, n_gen = np.asarray(out), np.asarray(n_gen)
+    return [out[i, :n_gen[i]].tolist() for i in range(n)]

@@ -1,0 +1,226 @@
+"""The decoder-only transformer shared by Qwen2 and Llama (Flax Linen; no I/O).
+
+Shape letters used in every einsum below:
+  B batch, T query length, S key length (T, or the KV-cache length), D hidden, F MLP hidden, V vocab,
+  H query heads, K kv heads, G = H // K query heads per kv head, Dh head dim, L layers, r LoRA rank.
+
+Parameters are a plain pytree (`{"params": ...}` of Linen); the L decoder layers are stacked on a leading axis and run
+with `nn.scan`, so compile time does not grow with depth. LoRA weights are a *separate* pytree passed to `__call__`
+(stacked on L as well); the frozen base never changes shape whether or not adapters are used.
+
+Attention masking is by index and segment: query t (cache slot `cache_index + t`) sees key s when s <= that slot, the
+key's segment id equals the query's, and the key's segment id is non-zero (0 marks padding). Segment ids therefore give
+padding masks (left or right) and sequence packing with one mechanism.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from seal_jax.models.config import ModelConfig
+from seal_jax.models.rope import apply_rope, rope_tables
+
+Array = jax.Array
+_MASKED = -1e30  # large negative instead of -inf: a fully masked (padding) query row stays finite
+
+# LoRA target names -> (input features, output features) as flat matrices.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def lora_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+    d, f, h, k, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return {"q": (d, h * dh), "k": (d, k * dh), "v": (d, k * dh), "o": (h * dh, d),
+            "gate": (d, f), "up": (d, f), "down": (f, d)}
+
+
+def lora_delta(x: Array, lora: dict | None, name: str) -> Array | None:
+    """The LoRA update for one projection, or None when `name` has no adapter.
+
+    x: [B, T, in]. lora[name] = {"a": A, "b": B, "scale": s} with either
+      shared weights  A [in, r], B [r, out], s []      (one adapter for the whole batch), or
+      per-row weights A [B, in, r], B [B, r, out], s [B] (each row its own adapter; s = 0 switches a row off).
+    Returns [B, T, out] in x's dtype. The adapter math runs in the adapter's dtype (fp32 over a bf16 base).
+    """
+    if lora is None or name not in lora:
+        return None
+    a, b, s = lora[name]["a"], lora[name]["b"], lora[name]["scale"]
+    xa = x.astype(a.dtype)
+    if a.ndim == 2:
+        h = jnp.einsum("btd,dr->btr", xa, a)
+        y = jnp.einsum("btr,ro->bto", h, b) * s
+    else:
+        h = jnp.einsum("btd,bdr->btr", xa, a)
+        y = jnp.einsum("btr,bro->bto", h, b) * jnp.reshape(s, (-1, 1, 1))
+    return y.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:  # [..., D] -> [..., D]
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)  # [D]
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(x.dtype) * xf.astype(x.dtype)  # as HF: weight * normed.to(input_dtype)
+
+
+class Linear(nn.Module):
+    """A projection written as one einsum; the kernel keeps its head-split shape."""
+
+    kernel_shape: tuple[int, ...]
+    equation: str  # e.g. "btd,dhk->bthk"
+    bias_shape: tuple[int, ...] | None = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.normal(0.02), self.kernel_shape, self.param_dtype)
+        y = jnp.einsum(self.equation, x, kernel.astype(x.dtype))
+        if self.bias_shape is not None:
+            y = y + self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype).astype(x.dtype)
+        return y
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, segment_ids, lora, layer_idx, cache, cache_index):
+        cfg = self.cfg
+        B, T, D = x.shape
+        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        bias = cfg.qkv_bias
+
+        def proj(name, n):
+            y = Linear((D, n, Dh), "btd,dnk->btnk", (n, Dh) if bias else None, self.param_dtype, name=name)(x)
+            d = lora_delta(x, lora, name)  # [B, T, n*Dh]
+            return y if d is None else y + d.reshape(B, T, n, Dh)
+
+        q = apply_rope(proj("q", H), cos, sin)  # [B, T, H, Dh]
+        k = apply_rope(proj("k", K), cos, sin)  # [B, T, K, Dh]
+        v = proj("v", K)  # [B, T, K, Dh]
+
+        q_slot = jnp.arange(T, dtype=jnp.int32)  # [T]
+        if cache is None:
+            keys, values, kv_seg = k, v, segment_ids  # [B, S=T, K, Dh], [B, S]
+            kv_slot = q_slot
+        else:
+            # Write this chunk into the stacked cache in place (carried through the layer scan, donated by callers).
+            k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
+                                                 (layer_idx, 0, cache_index, 0, 0))  # [L, B, S, K, Dh]
+            v_all = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
+                                                 (layer_idx, 0, cache_index, 0, 0))
+            cache = {**cache, "k": k_all, "v": v_all}
+            keys = jax.lax.dynamic_index_in_dim(k_all, layer_idx, 0, keepdims=False).astype(x.dtype)  # [B,S,K,Dh]
+            values = jax.lax.dynamic_index_in_dim(v_all, layer_idx, 0, keepdims=False).astype(x.dtype)
+            kv_seg = cache["seg"]  # [B, S]
+            kv_slot = jnp.arange(kv_seg.shape[1], dtype=jnp.int32)
+            q_slot = q_slot + cache_index
+
+        mask = ((kv_slot[None, None, :] <= q_slot[None, :, None])
+                & (kv_seg[:, None, :] == segment_ids[:, :, None])
+                & (kv_seg[:, None, :] != 0))  # [B, T, S]
+
+        qg = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, G, Dh]
+        logits = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+        logits = logits * (Dh ** -0.5)
+        logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)  # [B, K, G, T, S]
+        probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(B, T, H, Dh)  # [B, T, H, Dh]
+
+        y = Linear((H, Dh, D), "bthk,hkd->btd", None, self.param_dtype, name="o")(out)  # [B, T, D]
+        d = lora_delta(out.reshape(B, T, H * Dh), lora, "o")
+        return (y if d is None else y + d), cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, lora):  # [B, T, D] -> [B, T, D]
+        D, F = self.cfg.hidden_size, self.cfg.intermediate_size
+
+        def proj(name, shape, eq, inp):
+            y = Linear(shape, eq, None, self.param_dtype, name=name)(inp)
+            d = lora_delta(inp, lora, name)
+            return y if d is None else y + d
+
+        gate = proj("gate", (D, F), "btd,df->btf", x)  # [B, T, F]
+        up = proj("up", (D, F), "btd,df->btf", x)  # [B, T, F]
+        return proj("down", (F, D), "btf,fd->btd", jax.nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block. Scanned: carry = (x, cache); per-layer inputs = (layer index, this layer's LoRA)."""
+
+    cfg: ModelConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, per_layer, cos, sin, segment_ids, cache_index):
+        x, cache = carry
+        layer_idx, lora = per_layer
+        h, cache = Attention(self.cfg, self.param_dtype, name="attn")(
+            RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x),
+            cos, sin, segment_ids, lora, layer_idx, cache, cache_index)
+        x = x + h
+        x = x + MLP(self.cfg, self.param_dtype, name="mlp")(
+            RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x), lora)
+        return (x, cache), None
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> (logits float32 [B, T, V], cache).
+
+    positions [B, T] int (rotary positions), segment_ids [B, T] int (0 = padding).
+    lora: None, or a per-layer dict stacked on L (see `lora_delta`); cache: None, or
+    {"k": [L, B, S, K, Dh], "v": same, "seg": [B, S]} with `cache_index` the slot of tokens[:, 0].
+    """
+
+    cfg: ModelConfig
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None):
+        cfg = self.cfg
+        embedding = self.param("embedding", nn.initializers.normal(0.02),
+                               (cfg.vocab_size, cfg.hidden_size), self.param_dtype)  # [V, D]
+        x = jnp.take(embedding, tokens, axis=0)  # [B, T, D]
+        cos, sin = rope_tables(positions, cfg)  # [B, T, Dh] each
+        segment_ids = segment_ids.astype(jnp.int32)
+        if cache is not None:
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            cache = {**cache, "seg": jax.lax.dynamic_update_slice(
+                cache["seg"], segment_ids.astype(cache["seg"].dtype), (0, cache_index))}
+
+        layer_cls = DecoderLayer
+        if cfg.remat:
+            layer_cls = nn.remat(DecoderLayer, prevent_cse=False)
+        layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                         length=cfg.num_layers)(cfg, self.param_dtype, name="layers")
+        per_layer = (jnp.arange(cfg.num_layers, dtype=jnp.int32), lora)
+        (x, cache), _ = layers((x, cache), per_layer, cos, sin, segment_ids, cache_index)
+
+        x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+        else:
+            head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.hidden_size, cfg.vocab_size),
+                              self.param_dtype)  # [D, V]
+            logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        return logits, cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> dict[str, Array]:
+    """An empty KV cache: k/v [L, B, S, K, Dh], seg [B, S] (0 = empty slot)."""
+    shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "seg": jnp.zeros((batch, length), jnp.int32)}

@@ -1,0 +1,94 @@
+"""The one table of sharding rules: logical axis names -> mesh axes.
+
+Every parameter leaf has logical axes (`PARAM_AXES`); `RULES` maps each logical axis to a mesh axis (or None for
+replicated). A dimension whose size does not divide by its mesh axis stays replicated (e.g. Qwen2.5-7B's 4 kv heads on
+an 8-way model axis). Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor parallel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from seal_jax.models.config import ModelConfig
+
+RULES: dict[str, str | None] = {
+    "adapter": "adapter",  # leading adapter axis of LoRA weights, optimizer state and per-adapter batches
+    "batch": "adapter",  # generation rows
+    "layers": None,
+    "embed": None,
+    "vocab": "model",
+    "q_heads": "model",
+    "kv_heads": "model",
+    "head_dim": None,
+    "mlp": "model",
+    "norm": None,
+    "lora_rank": None,
+    "length": None,
+}
+
+# Logical axes of every parameter, by its path in the params tree ("/"-joined).
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embedding": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm/scale": ("norm",),
+    "layers/input_norm/scale": ("layers", "norm"),
+    "layers/post_attn_norm/scale": ("layers", "norm"),
+    "layers/attn/q/kernel": ("layers", "embed", "q_heads", "head_dim"),
+    "layers/attn/k/kernel": ("layers", "embed", "kv_heads", "head_dim"),
+    "layers/attn/v/kernel": ("layers", "embed", "kv_heads", "head_dim"),
+    "layers/attn/q/bias": ("layers", "q_heads", "head_dim"),
+    "layers/attn/k/bias": ("layers", "kv_heads", "head_dim"),
+    "layers/attn/v/bias": ("layers", "kv_heads", "head_dim"),
+    "layers/attn/o/kernel": ("layers", "q_heads", "head_dim", "embed"),
+    "layers/mlp/gate/kernel": ("layers", "embed", "mlp"),
+    "layers/mlp/up/kernel": ("layers", "embed", "mlp"),
+    "layers/mlp/down/kernel": ("layers", "mlp", "embed"),
+}
+
+
+def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
+                    rules: dict[str, str | None] = RULES) -> P:
+    """PartitionSpec for a tensor with these logical axes; non-divisible or already-used mesh axes replicate."""
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(axes, shape):
+        mesh_axis = rules.get(name)
+        if (mesh_axis is None or mesh_axis not in mesh.shape or mesh_axis in used
+                or size % mesh.shape[mesh_axis] != 0):
+            spec.append(None)
+        else:
+            spec.append(mesh_axis)
+            used.add(mesh_axis)
+    return P(*spec)
+
+
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh, params: Any = None) -> Any:
+    """NamedSharding pytree for the model params (abstract shapes from `cfg` unless `params` is given)."""
+    if params is None:
+        from seal_jax.models.model import abstract_params
+        params = abstract_params(cfg)
+
+    def one(path, leaf):
+        key = _path_str(path)
+        if key not in PARAM_AXES:
+            raise KeyError(f"no sharding rule for parameter {key}")
+        return NamedSharding(mesh, logical_to_spec(PARAM_AXES[key], leaf.shape, mesh))
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def make_mesh(adapter: int = 1, model: int = 1, devices=None) -> Mesh:
+    """A 2-D mesh ("adapter", "model") over `adapter * model` devices."""
+    devices = jax.devices() if devices is None else devices
+    n = adapter * model
+    if n > len(devices):
+        raise ValueError(f"mesh ({adapter}, {model}) needs {n} devices, only {len(devices)} available")
+    return Mesh(np.asarray(devices[:n]).reshape(adapter, model), ("adapter", "model"))

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny random transformers models built in-process (no downloads), saved in HF layout."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+
+
+def shared_path(*parts: str) -> str:
+    """A path under ../shared; skips the test cleanly when the shared folder (or the file) is absent."""
+    p = os.path.join(SHARED, *parts)
+    if not os.path.exists(p):
+        pytest.skip(f"shared data not available: {p}")
+    return p
+
+
+def tiny_hf_config(family: str, **overrides):
+    """Tiny configs that exercise each family's special parts: qwen2 = qkv bias + untied head;
+    llama = llama3 rope scaling with a small original_max_position_embeddings (so scaling changes the frequencies)
+    + tied embeddings."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                  initializer_range=0.05, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if family == "qwen2":
+        kw = dict(common, rope_theta=10000.0, tie_word_embeddings=False, rms_norm_eps=1e-6)
+        kw.update(overrides)
+        return Qwen2Config(**kw)
+    kw = dict(common, head_dim=16, rope_theta=500000.0, tie_word_embeddings=True, rms_norm_eps=1e-5,
+              rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                            "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def build_hf_model(family: str, path: str, seed: int = 0, **overrides):
+    """A random-initialised transformers model in fp32, saved to `path`. Returns the torch model (eval mode)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(family, **overrides), dtype=torch.float32)
+    model.eval()
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture(scope="session", params=["qwen2", "llama"])
+def hf_tiny(request, tmp_path_factory):
+    """(family, torch model, checkpoint dir) for each family."""
+    path = str(tmp_path_factory.mktemp(f"hf_{request.param}"))
+    return request.param, build_hf_model(request.param, path), path
