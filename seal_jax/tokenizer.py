@@ -222,6 +222,17 @@ QWEN25_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 )
 
 
+def _resolve_chat_template(chat_template: str | None) -> str | None:
+    """The Jinja text for `from_dir`'s chat_template argument: None stays None, a name in `CHAT_TEMPLATES` gives
+    that template, a string with Jinja markup is taken as is."""
+    if chat_template is None or "{{" in chat_template or "{%" in chat_template:
+        return chat_template
+    if chat_template in CHAT_TEMPLATES:
+        return CHAT_TEMPLATES[chat_template]
+    raise ValueError(f"unknown chat template {chat_template!r}: use one of {sorted(CHAT_TEMPLATES)} "
+                     "or a Jinja template string")
+
+
 class Tokenizer:
     """A local HF tokenizer with the handful of operations SEAL needs; `hf` is the underlying transformers object."""
 
@@ -246,31 +257,21 @@ class Tokenizer:
             raise ValueError(f"tokenizer path is not a directory: {p}")
         if not any((p / name).is_file() for name in _TOKENIZER_FILES):
             raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {p}")
+        template = _resolve_chat_template(chat_template)
         try:
             hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"could not load a tokenizer from {p}: {first_line}") from e
         tok = cls(hf)
-        tok._install_chat_template(chat_template)
-        return tok
-
-    def _install_chat_template(self, chat_template: str | None) -> None:
-        if chat_template is None:
-            if self.hf.chat_template:
-                return
+        if template is not None:
+            hf.chat_template = template
+        elif not hf.chat_template:
             for marker, name in _TEMPLATE_MARKERS:
-                if self.token_to_id(marker) is not None:
-                    self.hf.chat_template = CHAT_TEMPLATES[name]
-                    return
-            return
-        if chat_template in CHAT_TEMPLATES:
-            self.hf.chat_template = CHAT_TEMPLATES[chat_template]
-        elif "{{" in chat_template or "{%" in chat_template:
-            self.hf.chat_template = chat_template
-        else:
-            raise ValueError(f"unknown chat template {chat_template!r}: use one of {sorted(CHAT_TEMPLATES)} "
-                             "or a Jinja template string")
+                if tok.token_to_id(marker) is not None:
+                    hf.chat_template = CHAT_TEMPLATES[name]
+                    break
+        return tok
 
     # ------------------------------------------------------------------ vocabulary
 

