@@ -110,72 +110,124 @@ def _per_row(value, n: int, name: str, dtype) -> np.ndarray:
     return arr
 
 
-def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] = 32,
-             temperature: float | Sequence[float] = 0.0, top_p: float | Sequence[float] = 1.0,
-             seed: int | Sequence[int] = 0, stop_token_ids: Sequence[int] | None = None, lora=None,
-             prompt_buckets: Sequence[int] | None = None) -> list[list[int]]:
-    """prompts: list of token-id lists -> list of new-token lists (stop token excluded).
-
-    temperature 0 is greedy. `seed` is one int (row i uses fold_in(seed, i)) or one seed per row, so a row's sample
-    does not depend on which other rows share its batch. `lora`: None or an adapter (see `seal_jax.lora`).
-    """
-    cfg = model.config
-    n = len(prompts)
-    if n == 0:
-        return []
+def _validate(prompts, vocab_size: int) -> list[list[int]]:
     prompts = [list(map(int, p)) for p in prompts]
     for i, p in enumerate(prompts):
         if not p:
             raise ValueError(f"prompt {i} is empty")
-        if min(p) < 0 or max(p) >= cfg.vocab_size:
-            raise ValueError(f"prompt {i} has token ids outside [0, {cfg.vocab_size})")
-    budgets = _per_row(max_new_tokens, n, "max_new_tokens", np.int32)
-    if budgets.min() < 0:
-        raise ValueError("max_new_tokens must be >= 0")
+        if min(p) < 0 or max(p) >= vocab_size:
+            raise ValueError(f"prompt {i} has token ids outside [0, {vocab_size})")
+    return prompts
+
+
+def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.ndarray, temps: np.ndarray,
+         tops: np.ndarray, keys, stop_token_ids, prompt_buckets) -> list[list[int]]:
+    """Generate for exactly len(prompts) rows (None = a padding row with no budget); B is already bucketed."""
+    cfg = model.config
+    B = len(prompts)
     stop = list(stop_token_ids or [])
     if len(stop) > MAX_STOP_IDS:
         raise ValueError(f"at most {MAX_STOP_IDS} stop token ids are supported, got {len(stop)}")
-
-    B = batch_bucket(n)
-    P = bucket(max(len(p) for p in prompts), prompt_buckets)
+    P = bucket(max(len(p) for p in prompts if p is not None), prompt_buckets)
     N = bucket(int(budgets.max()), minimum=1)
     if P + N > cfg.max_position_embeddings:
         raise ValueError(f"prompt bucket {P} + new-token bucket {N} exceeds max_position_embeddings "
                          f"{cfg.max_position_embeddings}")
-
     tokens = np.zeros((B, P), np.int32)
     seg = np.zeros((B, P), np.int32)
     pos = np.zeros((B, P), np.int32)
     lengths = np.ones((B,), np.int32)
     for i, p in enumerate(prompts):
+        if p is None:  # padding row: one dummy token, zero budget
+            seg[i, -1] = 1
+            continue
         L = len(p)
         tokens[i, P - L:] = p
         seg[i, P - L:] = 1
         pos[i, P - L:] = np.arange(L)
         lengths[i] = L
-    seg[n:, -1] = 1  # padding rows: one dummy token, zero budget
-    max_new = np.zeros((B,), np.int32)
-    max_new[:n] = budgets
-
-    temps = np.zeros((B,), np.float32)
-    temps[:n] = _per_row(temperature, n, "temperature", np.float32)
-    tops = np.ones((B,), np.float32)
-    tops[:n] = _per_row(top_p, n, "top_p", np.float32)
-    if np.ndim(seed) == 0:
-        base = jax.random.PRNGKey(int(seed))
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(B))
-    else:
-        seeds = np.zeros((B,), np.int64)
-        seeds[:n] = _per_row(seed, n, "seed", np.int64)
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
     stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop_ids[:len(stop)] = stop
 
-    lora = _as_lora_tree(lora)
     cache = init_cache(cfg, B, P + N, model.dtype)
-    logits, cache = _prefill(model, lora, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg), cache)
-    out, n_gen, _ = _decode(model, lora, cache, logits, jnp.asarray(lengths), jnp.int32(P), keys, jnp.asarray(temps),
-                         jnp.asarray(tops), jnp.asarray(max_new), jnp.asarray(stop_ids),
-                         jnp.zeros((B, N), jnp.int32))
+    logits, cache = _prefill(model, lora_tree, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg), cache)
+    out, n_gen, _ = _decode(model, lora_tree, cache, logits, jnp.asarray(lengths), jnp.int32(P), keys,
+                            jnp.asarray(temps), jnp.asarray(tops), jnp.asarray(budgets), jnp.asarray(stop_ids),
+                            jnp.zeros((B, N), jnp.int32))
     out, n_gen = np.asarray(out), np.asarray(n_gen)
-    return [out[i, :n_gen[i]].tolist() for i in range(n)]
+    return [out[i, :n_gen[i]].tolist() for i in range(B)]
+
+
+def _row_keys(seed, row_seeds: np.ndarray | None, B: int):
+    if row_seeds is None:
+        base = jax.random.PRNGKey(int(seed))
+        return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(B))
+    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(row_seeds, jnp.uint32))
+
+
+def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequence[int] = 32,
+             temperature: float | Sequence[float] = 0.0, top_p: float | Sequence[float] = 1.0,
+             seed: int | Sequence[int] = 0, stop_token_ids: Sequence[int] | None = None, lora=None,
+             adapter_ids: Sequence[int] | None = None,
+             prompt_buckets: Sequence[int] | None = None) -> list[list[int]]:
+    """prompts: list of token-id lists -> list of new-token lists (stop token excluded).
+
+    temperature 0 is greedy. `seed` is one int (row i uses fold_in(seed, i)) or one seed per row, so a row's sample
+    does not depend on which other rows share its batch.
+    lora: None, a single adapter (every row uses it), or a batch of K adapters with `adapter_ids` (one per row,
+    -1 = the base model) so that each row uses its own adapter in this one call.
+    """
+    cfg = model.config
+    n = len(prompts)
+    if n == 0:
+        return []
+    prompts = _validate(prompts, cfg.vocab_size)
+    budgets = _per_row(max_new_tokens, n, "max_new_tokens", np.int32)
+    if budgets.min() < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    B = batch_bucket(n)
+    pad = B - n
+    row_budgets = np.concatenate([budgets, np.zeros(pad, np.int32)])
+    temps = np.concatenate([_per_row(temperature, n, "temperature", np.float32), np.zeros(pad, np.float32)])
+    tops = np.concatenate([_per_row(top_p, n, "top_p", np.float32), np.ones(pad, np.float32)])
+    row_seeds = None if np.ndim(seed) == 0 else np.concatenate(
+        [_per_row(seed, n, "seed", np.int64), np.zeros(pad, np.int64)])
+    if adapter_ids is not None:
+        from seal_jax.lora import select_rows
+        if lora is None or getattr(lora, "num_adapters", None) is None:
+            raise ValueError("adapter_ids needs `lora` to be a batch of adapters")
+        ids = _per_row(adapter_ids, n, "adapter_ids", np.int32)
+        lora = select_rows(lora, np.concatenate([ids, np.full(pad, -1, np.int32)]))
+    elif lora is not None and getattr(lora, "num_adapters", None) is not None:
+        raise ValueError("a batch of adapters needs adapter_ids (one per prompt), or use generate_grouped")
+    return _run(model, _as_lora_tree(lora), prompts + [None] * pad, row_budgets, temps, tops,
+                _row_keys(seed, row_seeds, B), stop_token_ids, prompt_buckets)[:n]
+
+
+def generate_grouped(model: Model, lora, prompt_groups: Sequence[Sequence[Sequence[int]]],
+                     max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                     stop_token_ids: Sequence[int] | None = None,
+                     prompt_buckets: Sequence[int] | None = None) -> list[list[list[int]]]:
+    """Answer K prompt sets with K adapters in one call: group k's prompts use adapter k of `lora` (a batch of K).
+
+    Each group is padded to the same bucketed size Q, so the batch is K*Q rows in K consecutive groups and the
+    adapters are applied without copying them per row. `lora=None` answers every group with the base model.
+    Returns, per group, the new-token lists of its prompts.
+    """
+    K = len(prompt_groups)
+    if lora is not None and lora.num_adapters != K:
+        raise ValueError(f"{K} prompt groups for a batch of {lora.num_adapters} adapters")
+    if K == 0 or all(len(g) == 0 for g in prompt_groups):
+        return [[] for _ in range(K)]
+    groups = [_validate(g, model.config.vocab_size) for g in prompt_groups]
+    Q = batch_bucket(max(len(g) for g in groups))
+    rows: list[list[int] | None] = []
+    for g in groups:
+        rows += g + [None] * (Q - len(g))
+    real = np.asarray([p is not None for p in rows])
+    budgets = np.where(real, max_new_tokens, 0).astype(np.int32)
+    temps = np.where(real, temperature, 0.0).astype(np.float32)
+    tops = np.where(real, top_p, 1.0).astype(np.float32)
+    out = _run(model, _as_lora_tree(lora), rows, budgets, temps, tops, _row_keys(seed, None, len(rows)),
+               stop_token_ids, prompt_buckets)
+    return [out[k * Q:k * Q + len(g)] for k, g in enumerate(groups)]

@@ -38,10 +38,10 @@ class Model:
     def module(self) -> Transformer:
         return Transformer(self.config, self.dtype)
 
-    def apply(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None):
+    def apply(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None, kv_segment_ids=None):
         """Raw call (inside jit): tokens [B, T] -> (logits float32 [B, T, V], cache)."""
-        return self.module().apply({"params": self.params}, tokens, positions, segment_ids,
-                                   lora=lora, cache=cache, cache_index=cache_index)
+        return self.module().apply({"params": self.params}, tokens, positions, segment_ids, lora=lora, cache=cache,
+                                   cache_index=cache_index, kv_segment_ids=kv_segment_ids)
 
 
 jax.tree_util.register_dataclass(Model, data_fields=["params"], meta_fields=["config"])

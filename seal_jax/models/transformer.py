@@ -40,21 +40,32 @@ def lora_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
 def lora_delta(x: Array, lora: dict | None, name: str) -> Array | None:
     """The LoRA update for one projection, or None when `name` has no adapter.
 
-    x: [B, T, in]. lora[name] = {"a": A, "b": B, "scale": s} with either
-      shared weights  A [in, r], B [r, out], s []      (one adapter for the whole batch), or
-      per-row weights A [B, in, r], B [B, r, out], s [B] (each row its own adapter; s = 0 switches a row off).
+    x: [B, T, in]. lora[name] = {"a": A, "b": B, "scale": s} (this layer's slice) in one of two forms:
+      shared  A [in, r],    B [r, out],    s []   one adapter for the whole batch;
+      grouped A [G, in, r], B [G, r, out], s [G]  the B rows form G equal consecutive groups, group g uses adapter g
+                                                  (G = B gives every row its own adapter; s = 0 switches one off).
+    Optional "dropout": {"rate": [], "key": PRNG key} applies PEFT's lora_dropout to x before A (training only).
     Returns [B, T, out] in x's dtype. The adapter math runs in the adapter's dtype (fp32 over a bf16 base).
     """
     if lora is None or name not in lora:
         return None
-    a, b, s = lora[name]["a"], lora[name]["b"], lora[name]["scale"]
+    m = lora[name]
+    a, b, s = m["a"], m["b"], m["scale"]
     xa = x.astype(a.dtype)
+    if "dropout" in m:
+        rate = m["dropout"]["rate"]
+        keep = jax.random.bernoulli(m["dropout"]["key"], 1.0 - rate, xa.shape)
+        xa = jnp.where(keep, xa / (1.0 - rate), 0.0).astype(xa.dtype)
     if a.ndim == 2:
         h = jnp.einsum("btd,dr->btr", xa, a)
         y = jnp.einsum("btr,ro->bto", h, b) * s
     else:
-        h = jnp.einsum("btd,bdr->btr", xa, a)
-        y = jnp.einsum("btr,bro->bto", h, b) * jnp.reshape(s, (-1, 1, 1))
+        G = a.shape[0]
+        Bn, T, _ = x.shape
+        xg = xa.reshape(G, Bn // G, T, -1)  # [G, B/G, T, in]
+        h = jnp.einsum("gntd,gdr->gntr", xg, a)
+        y = jnp.einsum("gntr,gro->gnto", h, b) * jnp.reshape(s, (G, 1, 1, 1))
+        y = y.reshape(Bn, T, -1)
     return y.astype(x.dtype)
 
 
@@ -92,7 +103,7 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, segment_ids, lora, layer_idx, cache, cache_index):
+    def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index):
         cfg = self.cfg
         B, T, D = x.shape
         H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -109,7 +120,7 @@ class Attention(nn.Module):
 
         q_slot = jnp.arange(T, dtype=jnp.int32)  # [T]
         if cache is None:
-            keys, values, kv_seg = k, v, segment_ids  # [B, S=T, K, Dh], [B, S]
+            keys, values, kv_seg = k, v, kv_segment_ids  # [B, S=T, K, Dh], [B, S]
             kv_slot = q_slot
         else:
             # Write this chunk into the stacked cache in place (carried through the layer scan, donated by callers).
@@ -165,12 +176,12 @@ class DecoderLayer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, carry, per_layer, cos, sin, segment_ids, cache_index):
+    def __call__(self, carry, per_layer, cos, sin, segment_ids, kv_segment_ids, cache_index):
         x, cache = carry
         layer_idx, lora = per_layer
         h, cache = Attention(self.cfg, self.param_dtype, name="attn")(
             RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x),
-            cos, sin, segment_ids, lora, layer_idx, cache, cache_index)
+            cos, sin, segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index)
         x = x + h
         x = x + MLP(self.cfg, self.param_dtype, name="mlp")(
             RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x), lora)
@@ -181,6 +192,8 @@ class Transformer(nn.Module):
     """tokens [B, T] -> (logits float32 [B, T, V], cache).
 
     positions [B, T] int (rotary positions), segment_ids [B, T] int (0 = padding).
+    kv_segment_ids [B, T] (no-cache mode only; default = segment_ids): the segment ids tokens carry *as keys*. The
+    original SEAL trainer's unmasked padding needs pad tokens that are queries of segment 1 but invisible as keys.
     lora: None, or a per-layer dict stacked on L (see `lora_delta`); cache: None, or
     {"k": [L, B, S, K, Dh], "v": same, "seg": [B, S]} with `cache_index` the slot of tokens[:, 0].
     """
@@ -189,13 +202,15 @@ class Transformer(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None):
+    def __call__(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None,
+                 kv_segment_ids=None):
         cfg = self.cfg
         embedding = self.param("embedding", nn.initializers.normal(0.02),
                                (cfg.vocab_size, cfg.hidden_size), self.param_dtype)  # [V, D]
         x = jnp.take(embedding, tokens, axis=0)  # [B, T, D]
         cos, sin = rope_tables(positions, cfg)  # [B, T, Dh] each
         segment_ids = segment_ids.astype(jnp.int32)
+        kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids.astype(jnp.int32)
         if cache is not None:
             cache_index = jnp.asarray(cache_index, jnp.int32)
             cache = {**cache, "seg": jax.lax.dynamic_update_slice(
@@ -205,10 +220,10 @@ class Transformer(nn.Module):
         if cfg.remat:
             layer_cls = nn.remat(DecoderLayer, prevent_cse=False)
         layers = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                          length=cfg.num_layers)(cfg, self.param_dtype, name="layers")
         per_layer = (jnp.arange(cfg.num_layers, dtype=jnp.int32), lora)
-        (x, cache), _ = layers((x, cache), per_layer, cos, sin, segment_ids, cache_index)
+        (x, cache), _ = layers((x, cache), per_layer, cos, sin, segment_ids, kv_segment_ids, cache_index)
 
         x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:

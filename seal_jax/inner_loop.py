@@ -1,0 +1,368 @@
+"""The batched inner loop: K LoRA fine-tunes (one per self-edit) as one compiled, vmapped program.
+
+Each adapter k has its own dataset (list of `Example`s), learning rate, schedule, step count, batch size, clipping,
+weight decay and shuffling seed. `build_plan` lays all of them out as static-shape arrays:
+
+    tokens/weights/segment/kv_segment/positions  [K, N, T]   N rows per adapter (bucketed), T tokens (bucketed)
+    batch_index                                  [K, S, Bm]  row index of each batch slot at each step (-1 = empty)
+    hyper-parameters                             [K]         lr, schedule id, warm-up, total steps, clip, decay
+
+`train` then runs steps [start, end) of every adapter in one `jit` (a `fori_loop` over steps whose body `vmap`s the
+loss and its gradient over the adapter axis with the frozen base shared, not copied). An adapter whose step counter has
+passed its own total, or whose loss or gradient went non-finite, stops updating: its weights and AdamW moments are
+kept as they were, and a non-finite value marks it failed without touching any other adapter.
+
+Optimiser: AdamW exactly as torch's `adamw_torch` / optax.adamw (b1 0.9, b2 0.999, eps 1e-8, decoupled weight decay),
+global-norm clipping per adapter as torch's clip_grad_norm_ (coef = max_norm / (norm + 1e-6), capped at 1), and HF's
+schedules: constant, linear (decay to 0) and cosine, each with optional linear warm-up; step s uses lr(s) for s = 0..
+Loss: mean token cross-entropy over the target tokens of the batch (as HF Trainer for causal LMs).
+
+Loss masks (`loss_mode`):
+  "all"            every real token is a target (padding is masked);
+  "completion"     only tokens the Example marks (e.g. the completion after a prompt);
+  "compat_padding" the original SEAL trainer: every example right-padded with `pad_id` (eos) to `compat_length`
+                   (2048 there), pad tokens invisible as attention keys but *trained* to predict pad (unmasked labels).
+Packing (`pack=True`): examples are packed first-fit into rows with segment ids and restarted positions; a row is then
+the unit of shuffling and batching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seal_jax.buckets import batch_bucket, bucket
+from seal_jax.lora import Lora
+from seal_jax.models.model import Model
+
+SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
+LOSS_MODES = ("all", "completion", "compat_padding")
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One training sequence: token ids and, per token, whether it is a target (used by loss_mode="completion")."""
+
+    tokens: tuple[int, ...]
+    loss_mask: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_prompt_completion(cls, prompt: Sequence[int], completion: Sequence[int]) -> "Example":
+        return cls(tuple(prompt) + tuple(completion), (0,) * len(prompt) + (1,) * len(completion))
+
+    def mask(self) -> tuple[int, ...]:
+        return self.loss_mask if self.loss_mask is not None else (1,) * len(self.tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Per-adapter optimisation settings (the defaults are the original SEAL knowledge-incorporation ones)."""
+
+    learning_rate: float = 1e-3
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    epochs: int = 10
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 1
+    max_grad_norm: float = 1.0  # <= 0 disables clipping
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if self.batch_size < 1 or self.epochs < 0 or self.learning_rate < 0 or self.warmup_steps < 0:
+            raise ValueError(f"invalid TrainSpec {self}")
+
+
+@dataclasses.dataclass
+class TrainPlan:
+    """Static-shape arrays for one batched inner-loop job (see module docstring)."""
+
+    tokens: np.ndarray
+    weights: np.ndarray
+    segment_ids: np.ndarray
+    kv_segment_ids: np.ndarray
+    positions: np.ndarray
+    batch_index: np.ndarray
+    total_steps: np.ndarray
+    learning_rate: np.ndarray
+    schedule: np.ndarray
+    warmup_steps: np.ndarray
+    max_grad_norm: np.ndarray
+    weight_decay: np.ndarray
+    seeds: np.ndarray
+    real_tokens: np.ndarray  # [K] tokens actually trained on (targets excluded padding), summed over all steps
+
+    @property
+    def num_adapters(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.total_steps.max()) if self.total_steps.size else 0
+
+    def arrays(self) -> dict[str, jnp.ndarray]:
+        return {f.name: jnp.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name != "real_tokens"}
+
+
+def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_length: int, compat_length: int,
+              pack: bool, length: int):
+    """One adapter's examples -> list of (tokens, weights, seg, kv_seg, pos) rows, each `length` long."""
+    rows = []
+    if loss_mode == "compat_padding":
+        for ex in examples:
+            toks = list(ex.tokens[:compat_length])
+            n = len(toks)
+            tok = np.full(length, pad_id, np.int32)
+            tok[:n] = toks
+            w = np.zeros(length, np.float32)
+            w[:compat_length] = 1.0  # labels = input_ids, pads included
+            seg = np.zeros(length, np.int32)
+            seg[:compat_length] = 1  # every position up to compat_length is a query of the sequence
+            kv = np.zeros(length, np.int32)
+            kv[:n] = 1  # but pad positions are not attention keys (attention_mask 0)
+            pos = np.zeros(length, np.int32)
+            pos[:compat_length] = np.arange(compat_length)
+            rows.append((tok, w, seg, kv, pos))
+        return rows
+
+    seqs = []
+    for ex in examples:
+        toks = list(ex.tokens[:max_length])
+        mask = list(ex.mask()[:max_length]) if loss_mode == "completion" else [1] * len(toks)
+        seqs.append((toks, mask))
+
+    def new_row():
+        return [np.zeros(length, np.int32), np.zeros(length, np.float32), np.zeros(length, np.int32),
+                None, np.zeros(length, np.int32), 0, 0]  # tok, w, seg, kv, pos, used, n_segments
+
+    current = None
+    for toks, mask in seqs:
+        n = len(toks)
+        if current is None or not pack or current[5] + n > length:
+            if current is not None:
+                rows.append(current)
+            current = new_row()
+        used, sid = current[5], current[6] + 1
+        current[0][used:used + n] = toks
+        current[1][used:used + n] = mask
+        current[2][used:used + n] = sid
+        current[4][used:used + n] = np.arange(n)
+        current[5], current[6] = used + n, sid
+    if current is not None:
+        rows.append(current)
+    return [(r[0], r[1], r[2], r[2].copy(), r[4]) for r in rows]
+
+
+def build_plan(datasets: Sequence[Sequence[Example]], specs: Sequence[TrainSpec] | TrainSpec,
+               loss_mode: str = "all", pad_id: int = 0, max_length: int = 2048, compat_length: int = 2048,
+               pack: bool = False, length_buckets: Sequence[int] | None = None,
+               num_adapters: int | None = None) -> TrainPlan:
+    """Lay out K adapters' datasets and settings as static-shape arrays.
+
+    num_adapters: pad the job to this many adapters with empty ones (0 steps), so K never changes the compiled shape.
+    """
+    if loss_mode not in LOSS_MODES:
+        raise ValueError(f"unknown loss_mode {loss_mode!r} (choose from {', '.join(LOSS_MODES)})")
+    K_real = len(datasets)
+    if isinstance(specs, TrainSpec):
+        specs = [specs] * K_real
+    if len(specs) != K_real:
+        raise ValueError(f"{len(specs)} TrainSpecs for {K_real} datasets")
+    K = num_adapters or K_real
+    if K < K_real:
+        raise ValueError(f"num_adapters={K} is smaller than the {K_real} datasets given")
+
+    if loss_mode == "compat_padding":
+        length = bucket(compat_length, length_buckets)
+    else:
+        longest = max((min(len(e.tokens), max_length) for d in datasets for e in d), default=1)
+        length = bucket(longest, length_buckets)
+    per_adapter = [_rows_for(d, loss_mode, pad_id, max_length, compat_length, pack, length) for d in datasets]
+    N = batch_bucket(max((len(r) for r in per_adapter), default=1))
+
+    # Steps per adapter and the batch index table.
+    schedules = []
+    for rows, spec in zip(per_adapter, specs):
+        n = len(rows)
+        bs = min(spec.batch_size, max(n, 1))
+        per_epoch = -(-n // bs) if n else 0
+        total = spec.max_steps if spec.max_steps is not None else per_epoch * spec.epochs
+        total = total if n else 0
+        order_rng = np.random.default_rng(spec.seed)
+        steps = []
+        epoch = 0
+        while len(steps) < total:
+            perm = order_rng.permutation(n)  # a fresh shuffle every epoch, from the adapter's own seed
+            for i in range(per_epoch):
+                steps.append(perm[i * bs:(i + 1) * bs])
+                if len(steps) == total:
+                    break
+            epoch += 1
+        schedules.append(steps)
+    S = bucket(max((len(s) for s in schedules), default=1), minimum=1)
+    Bm = batch_bucket(max((min(sp.batch_size, max(len(r), 1)) for r, sp in zip(per_adapter, specs)), default=1))
+
+    arr = {name: np.zeros((K, N, length), dt) for name, dt in
+           [("tokens", np.int32), ("weights", np.float32), ("segment_ids", np.int32),
+            ("kv_segment_ids", np.int32), ("positions", np.int32)]}
+    batch_index = np.full((K, S, Bm), -1, np.int32)
+    real_tokens = np.zeros((K,), np.int64)
+    for k, (rows, steps) in enumerate(zip(per_adapter, schedules)):
+        for i, (tok, w, seg, kv, pos) in enumerate(rows):
+            arr["tokens"][k, i], arr["weights"][k, i], arr["segment_ids"][k, i] = tok, w, seg
+            arr["kv_segment_ids"][k, i], arr["positions"][k, i] = kv, pos
+        for s, idx in enumerate(steps):
+            batch_index[k, s, :len(idx)] = idx
+            real_tokens[k] += int((arr["segment_ids"][k, idx] > 0).sum())
+    hyper = lambda f, dt, fill: np.asarray([f(sp) for sp in specs] + [fill] * (K - K_real), dt)
+    return TrainPlan(
+        **arr, batch_index=batch_index,
+        total_steps=np.asarray([len(s) for s in schedules] + [0] * (K - K_real), np.int32),
+        learning_rate=hyper(lambda sp: sp.learning_rate, np.float32, 0.0),
+        schedule=hyper(lambda sp: SCHEDULES[sp.schedule], np.int32, 0),
+        warmup_steps=hyper(lambda sp: sp.warmup_steps, np.int32, 0),
+        max_grad_norm=hyper(lambda sp: sp.max_grad_norm, np.float32, 0.0),
+        weight_decay=hyper(lambda sp: sp.weight_decay, np.float32, 0.0),
+        seeds=hyper(lambda sp: sp.seed, np.int32, 0),
+        real_tokens=real_tokens)
+
+
+# ---------------------------------------------------------------------------------------------- training state
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training (a pytree; checkpointable as is)."""
+
+    lora: Lora  # batch of K adapters
+    opt_state: Any  # optax.scale_by_adam state, leading K axis
+    step: jax.Array  # [K] optimiser steps applied (== the next step's index)
+    failed: jax.Array  # [K] bool: loss or gradient went non-finite
+    losses: jax.Array  # [K, S] loss at each step (nan where not taken)
+    grad_norms: jax.Array  # [K, S] pre-clipping global gradient norm
+
+
+jax.tree_util.register_dataclass(TrainState, data_fields=["lora", "opt_state", "step", "failed", "losses",
+                                                          "grad_norms"], meta_fields=[])
+
+_ADAM = optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)
+
+
+def init_state(lora: Lora, plan: TrainPlan) -> TrainState:
+    K = plan.num_adapters
+    if lora.num_adapters != K:
+        raise ValueError(f"the LoRA batch has {lora.num_adapters} adapters, the plan {K}")
+    S = plan.batch_index.shape[1]
+    lora = jax.tree.map(jnp.copy, lora)  # training donates its state; the caller's arrays stay valid
+    return TrainState(lora=lora, opt_state=jax.vmap(_ADAM.init)(lora.weights), step=jnp.zeros((K,), jnp.int32),
+                      failed=jnp.zeros((K,), bool), losses=jnp.full((K, S), jnp.nan, jnp.float32),
+                      grad_norms=jnp.full((K, S), jnp.nan, jnp.float32))
+
+
+def lr_at(step, peak, schedule, warmup, total):
+    """HF's schedules with linear warm-up; step, peak, ... are arrays of one adapter (or broadcastable)."""
+    step, warm, tot = (jnp.asarray(x, jnp.float32) for x in (step, warmup, total))
+    warm_factor = step / jnp.maximum(1.0, warm)
+    progress = (step - warm) / jnp.maximum(1.0, tot - warm)
+    linear = jnp.maximum(0.0, (tot - step) / jnp.maximum(1.0, tot - warm))
+    cosine = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+    after = jnp.select([schedule == 0, schedule == 1], [jnp.ones_like(step), linear], cosine)
+    return peak * jnp.where(step < warm, warm_factor, after)
+
+
+def token_loss(model: Model, lora_tree, tokens, weights, segment_ids, kv_segment_ids, positions, slot_valid):
+    """Mean next-token cross-entropy over target tokens of a batch [Bm, T]; returns (loss, n_targets)."""
+    logits, _ = model.apply(tokens, positions, segment_ids, lora=lora_tree, kv_segment_ids=kv_segment_ids)
+    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # [Bm, T-1, V]
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [Bm, T-1]
+    # a target must continue the same sequence as the token that predicts it (no predictions across packed segments)
+    same = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+    w = weights[:, 1:] * same * slot_valid[:, None]
+    n = jnp.sum(w)
+    return jnp.sum(nll * w) / jnp.maximum(n, 1.0), n
+
+
+def _adapter_step(model: Model, lora_cfg, weights, opt_state, step, failed, data, hp):
+    """One optimiser step of one adapter (vmapped over adapters by `train`)."""
+    s = step  # this adapter's step index
+    idx = data["batch_index"][jnp.minimum(s, data["batch_index"].shape[0] - 1)]  # [Bm]
+    slot_valid = (idx >= 0).astype(jnp.float32)
+    rows = jnp.maximum(idx, 0)
+    batch = {k: data[k][rows] for k in ("tokens", "weights", "segment_ids", "kv_segment_ids", "positions")}
+    dropout_key = jax.random.fold_in(jax.random.PRNGKey(hp["seeds"]), s)
+
+    def loss_fn(w):
+        tree = Lora(lora_cfg, w).layer_tree(dropout_key)
+        return token_loss(model, tree, batch["tokens"], batch["weights"], batch["segment_ids"],
+                          batch["kv_segment_ids"], batch["positions"], slot_valid)
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(weights)
+    gnorm = optax.global_norm(grads)
+    clip = hp["max_grad_norm"]
+    coef = jnp.where(clip > 0, jnp.minimum(1.0, clip / (gnorm + 1e-6)), 1.0)
+    grads = jax.tree.map(lambda g: g * coef, grads)
+    updates, new_opt = _ADAM.update(grads, opt_state)
+    lr = lr_at(s, hp["learning_rate"], hp["schedule"], hp["warmup_steps"], hp["total_steps"])
+    new_weights = jax.tree.map(lambda p, u: p - lr * (u + hp["weight_decay"] * p), weights, updates)
+
+    active = (s < hp["total_steps"]) & ~failed
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    apply = active & finite
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
+    return (keep(new_weights, weights), keep(new_opt, opt_state), step + apply.astype(jnp.int32),
+            failed | (active & ~finite), jnp.where(active, loss, jnp.nan), jnp.where(active, gnorm, jnp.nan))
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _train_chunk(model: Model, state: TrainState, plan: dict, num_steps) -> TrainState:
+    """`num_steps` (traced: any count reuses one compiled program) optimiser steps of every adapter."""
+    lora_cfg = state.lora.config
+    data = {k: plan[k] for k in ("tokens", "weights", "segment_ids", "kv_segment_ids", "positions", "batch_index")}
+    hp = {k: plan[k] for k in ("total_steps", "learning_rate", "schedule", "warmup_steps", "max_grad_norm",
+                               "weight_decay", "seeds")}
+    step_all = jax.vmap(functools.partial(_adapter_step, model, lora_cfg))
+
+    def body(_, st: TrainState):
+        pos = st.step
+        w, o, step, failed, loss, gnorm = step_all(st.lora.weights, st.opt_state, st.step, st.failed, data, hp)
+        S = st.losses.shape[1]
+        col = jnp.minimum(pos, S - 1)
+        rows = jnp.arange(st.losses.shape[0])
+        losses = st.losses.at[rows, col].set(jnp.where(jnp.isnan(loss), st.losses[rows, col], loss))
+        gnorms = st.grad_norms.at[rows, col].set(jnp.where(jnp.isnan(gnorm), st.grad_norms[rows, col], gnorm))
+        return TrainState(Lora(lora_cfg, w), o, step, failed, losses, gnorms)
+
+    return jax.lax.fori_loop(0, num_steps, body, state)
+
+
+def train(model: Model, state: TrainState, plan: TrainPlan, num_steps: int | None = None,
+          chunk: int | None = None, callback=None) -> TrainState:
+    """Run `num_steps` more optimiser steps of every adapter (default: until all adapters are done).
+
+    chunk: steps per compiled call (default: all at once); `callback(state)` runs after each chunk, e.g. to write a
+    checkpoint. Resuming from a saved state with the same plan gives exactly the never-stopped result.
+    """
+    arrays = plan.arrays()
+    if num_steps is None:
+        num_steps = int(jnp.max(jnp.where(state.failed, 0, jnp.asarray(plan.total_steps) - state.step)))
+    remaining = max(num_steps, 0)
+    while remaining > 0:
+        n = remaining if chunk is None else min(chunk, remaining)
+        state = _train_chunk(model, state, arrays, jnp.int32(n))
+        remaining -= n
+        if callback is not None:
+            callback(state)
+    return state
+
+
+def train_adapters(model: Model, lora: Lora, plan: TrainPlan, **kw) -> TrainState:
+    """Convenience: init the optimiser state for `lora` (a batch of K adapters) and train to the end."""
+    return train(model, init_state(lora, plan), plan, **kw)

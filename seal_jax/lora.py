@@ -1,0 +1,176 @@
+"""Functional LoRA: adapters as a pytree separate from the frozen base.
+
+For each target projection (any of q, k, v, o, gate, up, down) an adapter holds
+    a [*A, L, in, r]   (PEFT's lora_A.weight transposed; kaiming-uniform init, i.e. U(-1/sqrt(in), 1/sqrt(in)))
+    b [*A, L, r, out]  (PEFT's lora_B.weight transposed; zero init)
+and the update is  y += scale * (x @ a) @ b  with scale = alpha / r (alpha / sqrt(r) with rsLoRA). `*A` is an
+optional leading adapter axis: a batch of K adapters is one `Lora` with weights [K, L, ...], trained with `vmap` over
+that axis while the base is shared. The per-head projections (q, k, v, o) use the flat [in, out] view of the
+head-split kernels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seal_jax.models.config import ModelConfig
+from seal_jax.models.model import Model, as_dtype
+from seal_jax.models.transformer import LORA_TARGETS, lora_shapes
+
+ALL_TARGETS = LORA_TARGETS
+# PEFT module names <-> ours
+PEFT_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
+                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 32
+    alpha: float = 64.0
+    targets: tuple[str, ...] = ("q", "v")
+    dropout: float = 0.0
+    dtype: str = "float32"  # adapters stay fp32 over a bf16 base, as PEFT's autocast_adapter_dtype does
+    use_rslora: bool = False  # rank-stabilised LoRA: scale = alpha / sqrt(rank) instead of alpha / rank
+
+    def __post_init__(self):
+        targets = tuple(self.targets)
+        object.__setattr__(self, "targets", targets)
+        bad = [t for t in targets if t not in ALL_TARGETS]
+        if bad or not targets:
+            raise ValueError(f"unknown LoRA target(s) {bad or '[]'} (choose from {', '.join(ALL_TARGETS)})")
+        if self.rank <= 0:
+            raise ValueError(f"LoRA rank must be positive, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / math.sqrt(self.rank) if self.use_rslora else self.alpha / self.rank
+
+
+@dataclasses.dataclass(frozen=True)
+class Lora:
+    """A pytree: `weights` are leaves ({target: {"a", "b"}}), `config` is static."""
+
+    config: LoraConfig
+    weights: dict[str, dict[str, Any]]
+
+    @property
+    def num_adapters(self) -> int | None:
+        """K for a batch of adapters (leading axis), None for a single adapter."""
+        a = next(iter(self.weights.values()))["a"]
+        return a.shape[0] if a.ndim == 4 else None
+
+    def adapter(self, k: int) -> "Lora":
+        """Adapter k of a batch, as a single adapter."""
+        return Lora(self.config, jax.tree.map(lambda w: w[k], self.weights))
+
+    def layer_tree(self, dropout_key=None) -> dict[str, dict[str, Any]]:
+        """The form the model's LoRA hook takes: every leaf stacked on layers first.
+
+        single adapter: a [L, in, r], scale [L];  batch of K: a [L, K, in, r], scale [L, K] (the "grouped" form: the
+        model's batch rows are K equal consecutive groups, group k using adapter k).
+        dropout_key: when given and config.dropout > 0, PEFT-style dropout on each adapter's input.
+        """
+        out = {}
+        n_keys = len(self.weights)
+        keys = None if dropout_key is None or self.config.dropout == 0 else jax.random.split(dropout_key, n_keys)
+        for i, (name, w) in enumerate(sorted(self.weights.items())):
+            a, b = w["a"], w["b"]
+            if a.ndim == 4:  # [K, L, ...] -> [L, K, ...]
+                a, b = jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)
+            L = a.shape[0]
+            scale_shape = a.shape[:-2]
+            entry = {"a": a, "b": b, "scale": jnp.full(scale_shape, self.config.scale, a.dtype)}
+            if keys is not None:
+                entry["dropout"] = {"rate": jnp.full((L,), self.config.dropout, a.dtype),
+                                    "key": jax.random.split(keys[i], L)}
+            out[name] = entry
+        return out
+
+
+jax.tree_util.register_dataclass(Lora, data_fields=["weights"], meta_fields=["config"])
+
+
+def init_lora(model_cfg: ModelConfig, lora_cfg: LoraConfig, key, num_adapters: int | None = None,
+              shared_init: bool = False) -> Lora:
+    """PEFT's initialisation: A ~ kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)), B = 0.
+
+    num_adapters: K for a batch (leading axis); each adapter draws its own A unless `shared_init` (the same A for all,
+    as the original ARC code re-initialises from one seed).
+    """
+    dt = as_dtype(lora_cfg.dtype)
+    shapes = lora_shapes(model_cfg)
+    L, r = model_cfg.num_layers, lora_cfg.rank
+    lead = () if num_adapters is None else (num_adapters,)
+    weights = {}
+    for i, name in enumerate(lora_cfg.targets):
+        fan_in, fan_out = shapes[name]
+        bound = 1.0 / math.sqrt(fan_in)
+        k = jax.random.fold_in(key, i)
+        a_shape = (L, fan_in, r) if shared_init else lead + (L, fan_in, r)
+        a = jax.random.uniform(k, a_shape, dt, -bound, bound)
+        if shared_init and lead:
+            a = jnp.broadcast_to(a, lead + a.shape)
+        weights[name] = {"a": a, "b": jnp.zeros(lead + (L, r, fan_out), dt)}
+    return Lora(lora_cfg, weights)
+
+
+def stack_adapters(adapters: Sequence[Lora]) -> Lora:
+    """K single adapters (same config) -> one batch with a leading adapter axis."""
+    cfgs = {a.config for a in adapters}
+    if len(cfgs) != 1:
+        raise ValueError("adapters in one batch must share one LoraConfig (rank, alpha, targets)")
+    return Lora(adapters[0].config, jax.tree.map(lambda *ws: jnp.stack(ws), *[a.weights for a in adapters]))
+
+
+def select_rows(lora: Lora, adapter_ids: Sequence[int] | np.ndarray) -> Lora:
+    """A batch of K adapters -> one adapter per row (G = rows) by index; id -1 means "no adapter" for that row."""
+    if lora.num_adapters is None:
+        raise ValueError("select_rows needs a batch of adapters (leading adapter axis)")
+    ids = np.asarray(adapter_ids, np.int32)
+    if ids.size and (ids.max() >= lora.num_adapters or ids.min() < -1):
+        raise ValueError(f"adapter ids must lie in [-1, {lora.num_adapters}), got {ids.min()}..{ids.max()}")
+    gather = jnp.asarray(np.maximum(ids, 0))
+    on = jnp.asarray(ids >= 0)
+
+    def pick(w, zero_off):
+        w = w[gather]
+        return jnp.where(on.reshape((-1,) + (1,) * (w.ndim - 1)), w, 0) if zero_off else w
+
+    return Lora(lora.config, {n: {"a": pick(w["a"], False), "b": pick(w["b"], True)} for n, w in lora.weights.items()})
+
+
+def lora_delta_weight(lora: Lora, name: str) -> jax.Array:
+    """scale * A @ B as a flat [L, in, out] matrix (single adapter)."""
+    w = lora.weights[name]
+    return lora.config.scale * jnp.einsum("lir,lro->lio", w["a"], w["b"])
+
+
+def merge(model: Model, lora: Lora) -> Model:
+    """Fold a single adapter into the base weights: W' = W + scale * A @ B (in the base's dtype)."""
+    if lora.num_adapters is not None:
+        raise ValueError("merge takes a single adapter; use lora.adapter(k) to pick one from a batch")
+    params = jax.tree.map(lambda x: x, model.params)  # shallow structural copy
+    layers = params["layers"]
+    for name in lora.weights:
+        delta = lora_delta_weight(lora, name)  # [L, in, out]
+        group = "attn" if name in ("q", "k", "v", "o") else "mlp"
+        kernel = layers[group][name]["kernel"]
+        if name == "o":  # [L, H, Dh, D] <- [L, H*Dh, D]
+            delta = delta.reshape(kernel.shape)
+        elif group == "attn":  # [L, D, N, Dh] <- [L, D, N*Dh]
+            delta = delta.reshape(kernel.shape)
+        layers[group][name]["kernel"] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
+    return Model(model.config, params)
+
+
+def num_lora_params(model_cfg: ModelConfig, lora_cfg: LoraConfig) -> int:
+    shapes = lora_shapes(model_cfg)
+    return model_cfg.num_layers * sum(lora_cfg.rank * (shapes[t][0] + shapes[t][1]) for t in lora_cfg.targets)
