@@ -151,3 +151,14 @@ def test_shuffling_is_per_adapter_and_seeded():
     np.testing.assert_array_equal(a.batch_index[0, :12], b.batch_index[0, :12])
     assert not np.array_equal(a.batch_index[0, :6], a.batch_index[0, 6:12])  # reshuffled each epoch
     assert not np.array_equal(a.batch_index[0], a.batch_index[1])
+
+
+def test_fp32_adapters_over_bf16_base():
+    model = seal_jax.init_model(seal_jax.get_preset("tiny-llama"), seed=0, dtype="bfloat16")
+    rng = np.random.default_rng(6)
+    lora = init_lora(model.config, LORA, jax.random.PRNGKey(0), num_adapters=2)
+    st = il.train_adapters(model, lora, il.build_plan([_dataset(rng, 2), _dataset(rng, 3)], il.TrainSpec(epochs=2)))
+    assert all(w.dtype == jnp.float32 for w in jax.tree.leaves(st.lora.weights))
+    assert model.params["embedding"].dtype == jnp.bfloat16
+    assert np.isfinite(np.asarray(st.losses[:, :4])).all() and not np.asarray(st.failed).any()
+    assert float(jnp.abs(st.lora.weights["v"]["b"]).max()) > 0
