@@ -16,6 +16,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
 from seal_jax.buckets import batch_bucket, bucket
 from seal_jax.models.model import Model
@@ -120,8 +121,22 @@ def _validate(prompts, vocab_size: int) -> list[list[int]]:
     return prompts
 
 
+def _place_rows(mesh, cfg, B: int, S: int, dtype, row_arrays: dict):
+    """Rows spread over the mesh's "adapter" axis (when it divides B); the cache born sharded the same way."""
+    from seal_jax.distributed import put
+    from seal_jax.sharding import logical_to_spec
+    rows = {k: put(np.asarray(v), NamedSharding(mesh, logical_to_spec(("batch",) + ("_",) * (np.ndim(v) - 1),
+                                                                     np.shape(v), mesh)))
+            for k, v in row_arrays.items()}
+    kv_shape = (cfg.num_layers, B, S, cfg.num_kv_heads, cfg.head_dim)
+    kv = NamedSharding(mesh, logical_to_spec(("layers", "batch", "length", "kv_heads", "head_dim"), kv_shape, mesh))
+    seg = NamedSharding(mesh, logical_to_spec(("batch", "length"), (B, S), mesh))
+    cache = jax.jit(lambda: init_cache(cfg, B, S, dtype), out_shardings={"k": kv, "v": kv, "seg": seg})()
+    return rows, cache
+
+
 def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.ndarray, temps: np.ndarray,
-         tops: np.ndarray, keys, stop_token_ids, prompt_buckets) -> list[list[int]]:
+         tops: np.ndarray, keys, stop_token_ids, prompt_buckets, mesh=None) -> list[list[int]]:
     """Generate for exactly len(prompts) rows (None = a padding row with no budget); B is already bucketed."""
     cfg = model.config
     B = len(prompts)
@@ -149,12 +164,18 @@ def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.n
     stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop_ids[:len(stop)] = stop
 
-    cache = init_cache(cfg, B, P + N, model.dtype)
-    logits, cache = _prefill(model, lora_tree, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(seg), cache)
-    out, n_gen, _ = _decode(model, lora_tree, cache, logits, jnp.asarray(lengths), jnp.int32(P), keys,
-                            jnp.asarray(temps), jnp.asarray(tops), jnp.asarray(budgets), jnp.asarray(stop_ids),
-                            jnp.zeros((B, N), jnp.int32))
-    out, n_gen = np.asarray(out), np.asarray(n_gen)
+    rows = dict(tokens=tokens, pos=pos, seg=seg, lengths=lengths, keys=np.asarray(keys), temps=temps, tops=tops,
+                budgets=budgets, out=np.zeros((B, N), np.int32))
+    if mesh is None:
+        rows = {k: jnp.asarray(v) for k, v in rows.items()}
+        cache = init_cache(cfg, B, P + N, model.dtype)
+    else:
+        rows, cache = _place_rows(mesh, cfg, B, P + N, model.dtype, rows)
+    logits, cache = _prefill(model, lora_tree, rows["tokens"], rows["pos"], rows["seg"], cache)
+    out, n_gen, _ = _decode(model, lora_tree, cache, logits, rows["lengths"], jnp.int32(P), rows["keys"],
+                            rows["temps"], rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
+    from seal_jax.distributed import gather
+    out, n_gen = gather((out, n_gen))
     return [out[i, :n_gen[i]].tolist() for i in range(B)]
 
 
@@ -169,13 +190,14 @@ def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int
              temperature: float | Sequence[float] = 0.0, top_p: float | Sequence[float] = 1.0,
              seed: int | Sequence[int] = 0, stop_token_ids: Sequence[int] | None = None, lora=None,
              adapter_ids: Sequence[int] | None = None,
-             prompt_buckets: Sequence[int] | None = None) -> list[list[int]]:
+             prompt_buckets: Sequence[int] | None = None, mesh=None) -> list[list[int]]:
     """prompts: list of token-id lists -> list of new-token lists (stop token excluded).
 
     temperature 0 is greedy. `seed` is one int (row i uses fold_in(seed, i)) or one seed per row, so a row's sample
     does not depend on which other rows share its batch.
     lora: None, a single adapter (every row uses it), or a batch of K adapters with `adapter_ids` (one per row,
     -1 = the base model) so that each row uses its own adapter in this one call.
+    mesh: spread the rows over the mesh's "adapter" axis (the model as placed by `distributed.shard_model`).
     """
     cfg = model.config
     n = len(prompts)
@@ -201,13 +223,13 @@ def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     elif lora is not None and getattr(lora, "num_adapters", None) is not None:
         raise ValueError("a batch of adapters needs adapter_ids (one per prompt), or use generate_grouped")
     return _run(model, _as_lora_tree(lora), prompts + [None] * pad, row_budgets, temps, tops,
-                _row_keys(seed, row_seeds, B), stop_token_ids, prompt_buckets)[:n]
+                _row_keys(seed, row_seeds, B), stop_token_ids, prompt_buckets, mesh)[:n]
 
 
 def generate_grouped(model: Model, lora, prompt_groups: Sequence[Sequence[Sequence[int]]],
                      max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                      stop_token_ids: Sequence[int] | None = None,
-                     prompt_buckets: Sequence[int] | None = None) -> list[list[list[int]]]:
+                     prompt_buckets: Sequence[int] | None = None, mesh=None) -> list[list[list[int]]]:
     """Answer K prompt sets with K adapters in one call: group k's prompts use adapter k of `lora` (a batch of K).
 
     Each group is padded to the same bucketed size Q, so the batch is K*Q rows in K consecutive groups and the
@@ -229,5 +251,5 @@ def generate_grouped(model: Model, lora, prompt_groups: Sequence[Sequence[Sequen
     temps = np.where(real, temperature, 0.0).astype(np.float32)
     tops = np.where(real, top_p, 1.0).astype(np.float32)
     out = _run(model, _as_lora_tree(lora), rows, budgets, temps, tops, _row_keys(seed, None, len(rows)),
-               stop_token_ids, prompt_buckets)
+               stop_token_ids, prompt_buckets, mesh)
     return [out[k * Q:k * Q + len(g)] for k, g in enumerate(groups)]

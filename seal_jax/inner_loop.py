@@ -109,9 +109,14 @@ class TrainPlan:
     def max_steps(self) -> int:
         return int(self.total_steps.max()) if self.total_steps.size else 0
 
-    def arrays(self) -> dict[str, jnp.ndarray]:
-        return {f.name: jnp.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)
-                if f.name != "real_tokens"}
+    def arrays(self, mesh=None) -> dict[str, jnp.ndarray]:
+        """Device arrays of the plan; with a mesh, the adapter axis is spread over its "adapter" axis and each
+        process supplies only its own shards."""
+        host = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "real_tokens"}
+        if mesh is None:
+            return {k: jnp.asarray(v) for k, v in host.items()}
+        from seal_jax.distributed import shard_adapter_tree
+        return shard_adapter_tree(host, mesh)
 
 
 def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_length: int, compat_length: int,
@@ -256,15 +261,20 @@ jax.tree_util.register_dataclass(TrainState, data_fields=["lora", "opt_state", "
 _ADAM = optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)
 
 
-def init_state(lora: Lora, plan: TrainPlan) -> TrainState:
+def init_state(lora: Lora, plan: TrainPlan, mesh=None) -> TrainState:
+    """Fresh optimiser state for a batch of K adapters (spread over the mesh's "adapter" axis when given)."""
     K = plan.num_adapters
     if lora.num_adapters != K:
         raise ValueError(f"the LoRA batch has {lora.num_adapters} adapters, the plan {K}")
     S = plan.batch_index.shape[1]
     lora = jax.tree.map(jnp.copy, lora)  # training donates its state; the caller's arrays stay valid
-    return TrainState(lora=lora, opt_state=jax.vmap(_ADAM.init)(lora.weights), step=jnp.zeros((K,), jnp.int32),
-                      failed=jnp.zeros((K,), bool), losses=jnp.full((K, S), jnp.nan, jnp.float32),
-                      grad_norms=jnp.full((K, S), jnp.nan, jnp.float32))
+    state = TrainState(lora=lora, opt_state=jax.vmap(_ADAM.init)(lora.weights), step=jnp.zeros((K,), jnp.int32),
+                       failed=jnp.zeros((K,), bool), losses=jnp.full((K, S), jnp.nan, jnp.float32),
+                       grad_norms=jnp.full((K, S), jnp.nan, jnp.float32))
+    if mesh is not None:
+        from seal_jax.distributed import shard_adapter_tree
+        state = shard_adapter_tree(state, mesh)
+    return state
 
 
 def lr_at(step, peak, schedule, warmup, total):
@@ -344,15 +354,18 @@ def _train_chunk(model: Model, state: TrainState, plan: dict, num_steps) -> Trai
 
 
 def train(model: Model, state: TrainState, plan: TrainPlan, num_steps: int | None = None,
-          chunk: int | None = None, callback=None) -> TrainState:
+          chunk: int | None = None, callback=None, mesh=None) -> TrainState:
     """Run `num_steps` more optimiser steps of every adapter (default: until all adapters are done).
 
     chunk: steps per compiled call (default: all at once); `callback(state)` runs after each chunk, e.g. to write a
     checkpoint. Resuming from a saved state with the same plan gives exactly the never-stopped result.
+    mesh: run sharded (state from `init_state(..., mesh=mesh)`, model from `distributed.shard_model`).
     """
-    arrays = plan.arrays()
+    arrays = plan.arrays(mesh)
     if num_steps is None:
-        num_steps = int(jnp.max(jnp.where(state.failed, 0, jnp.asarray(plan.total_steps) - state.step)))
+        from seal_jax.distributed import gather
+        step, failed = gather((state.step, state.failed))
+        num_steps = int(np.max(np.where(failed, 0, plan.total_steps - step), initial=0))
     remaining = max(num_steps, 0)
     while remaining > 0:
         n = remaining if chunk is None else min(chunk, remaining)
@@ -363,6 +376,6 @@ def train(model: Model, state: TrainState, plan: TrainPlan, num_steps: int | Non
     return state
 
 
-def train_adapters(model: Model, lora: Lora, plan: TrainPlan, **kw) -> TrainState:
+def train_adapters(model: Model, lora: Lora, plan: TrainPlan, mesh=None, **kw) -> TrainState:
     """Convenience: init the optimiser state for `lora` (a batch of K adapters) and train to the end."""
-    return train(model, init_state(lora, plan), plan, **kw)
+    return train(model, init_state(lora, plan, mesh), plan, mesh=mesh, **kw)
