@@ -53,9 +53,11 @@ def barrier(name: str = "seal_jax_barrier") -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+def put(host_array, sharding: jax.sharding.Sharding) -> jax.Array:
     """A global array from a host array every process holds (deterministically built); each process supplies only
-    its addressable shards."""
+    its addressable shards. An array that already spans several processes is resharded instead."""
+    if isinstance(host_array, jax.Array) and not host_array.is_fully_addressable:
+        return jax.device_put(host_array, sharding)
     host_array = np.asarray(host_array)
     return jax.make_array_from_callback(host_array.shape, sharding, lambda idx: host_array[idx])
 
@@ -63,7 +65,7 @@ def put(host_array: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
 def shard_model(model: Model, mesh: Mesh) -> Model:
     """The base weights placed by the sharding rules (tensor-parallel over "model", replicated over "adapter")."""
     shardings = param_shardings(model.config, mesh, model.params)
-    return Model(model.config, jax.tree.map(lambda a, s: put(np.asarray(a), s), model.params, shardings))
+    return Model(model.config, jax.tree.map(put, model.params, shardings))
 
 
 def adapter_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
@@ -74,12 +76,12 @@ def adapter_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
 
 def shard_adapter_tree(tree: Any, mesh: Mesh) -> Any:
     """Every leaf with a leading adapter (or row) axis spread over the "adapter" mesh axis."""
-    return jax.tree.map(lambda a: put(np.asarray(a), adapter_sharding(mesh, np.shape(a))), tree)
+    return jax.tree.map(lambda a: put(a, adapter_sharding(mesh, np.shape(a))), tree)
 
 
 def shard_lora(lora: Lora, mesh: Mesh) -> Lora:
     if lora.num_adapters is None:
-        return Lora(lora.config, jax.tree.map(lambda a: put(np.asarray(a), NamedSharding(mesh, P())), lora.weights))
+        return Lora(lora.config, jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), lora.weights))
     return Lora(lora.config, shard_adapter_tree(lora.weights, mesh))
 
 

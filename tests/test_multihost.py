@@ -1,0 +1,67 @@
+"""Two local processes joined with jax.distributed.initialize (gloo collectives on CPU) run one batched
+inner-loop job: exactly one results file, equal to the single-process run; a killed run resumes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOB = ["-m", "experiments.inner_loop_job", "--preset", "tiny-llama", "--adapters", "4", "--examples", "2",
+       "--seq-len", "16", "--epochs", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def test_two_processes_write_one_results_file(tmp_path):
+    out = str(tmp_path / "multi")
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *JOB, "--out", out, "--mesh", "4,1", "--distributed",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert sorted(os.listdir(out)) == ["checkpoints", "results.json"] or sorted(os.listdir(out)) == ["results.json"]
+    multi = json.load(open(os.path.join(out, "results.json")))
+    assert multi["processes"] == 2 and multi["devices"] == 4
+    assert "wrote" in outs[0][0] and "wrote" not in outs[1][0]  # only process 0 writes
+
+    single_out = str(tmp_path / "single")
+    proc = subprocess.run([sys.executable, *JOB, "--out", single_out, "--mesh", "1,1"], cwd=ROOT, env=_env(1),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = json.load(open(os.path.join(single_out, "results.json")))
+    assert multi["steps"] == single["steps"] == [4, 4, 4, 4]
+    np.testing.assert_allclose(multi["final_loss"], single["final_loss"], atol=1e-5)
+
+
+def test_killed_job_resumes_from_its_checkpoint(tmp_path):
+    out = str(tmp_path / "job")
+    args = [sys.executable, *JOB, "--out", out, "--checkpoint-every", "1"]
+    first = subprocess.run(args + ["--stop-after", "2"], cwd=ROOT, env=_env(1), capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0 and "re-run to resume" in first.stdout, first.stderr[-2000:]
+    assert not os.path.exists(os.path.join(out, "results.json"))
+    second = subprocess.run(args, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "resumed from step 2" in second.stdout, second.stderr[-2000:]
+    straight = subprocess.run([sys.executable, *JOB, "--out", str(tmp_path / "straight")], cwd=ROOT, env=_env(1),
+                              capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0
+    a = json.load(open(os.path.join(out, "results.json")))
+    b = json.load(open(tmp_path / "straight" / "results.json"))
+    assert a["final_loss"] == b["final_loss"]
+    third = subprocess.run(args, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    assert "nothing to do" in third.stdout
