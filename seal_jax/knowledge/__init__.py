@@ -1,0 +1,1 @@
+"""Knowledge incorporation (SQuAD): data, self-edit prompts, training sequences, grading, ReST-EM."""
