@@ -37,6 +37,8 @@ def parse_args(argv=None):
     ap.add_argument("--checkpoint-every", type=int, default=0, help="steps between orbax checkpoints (0 = none)")
     ap.add_argument("--stop-after", type=int, default=None, help="train at most this many steps, then exit "
                     "(simulates a preemption; re-run to resume)")
+    ap.add_argument("--hbm-gib", type=float, default=None, help="memory per device for the planner's check "
+                    "(default: what the accelerator reports; no check on CPU)")
     ap.add_argument("--out", required=True, help="run directory")
     ap.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize()")
     ap.add_argument("--coordinator", default=None, help="host:port of process 0 (not needed on TPU pods)")
@@ -78,6 +80,19 @@ def main(argv=None) -> int:
         return 2
     mesh = distributed.make_mesh(a, m)
 
+    from seal_jax import planner
+    cfg = seal_jax.load_config(args.model) if args.model else seal_jax.get_preset(args.preset)
+    lora_cfg = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=tuple(args.targets.split(",")))
+    budget = args.hbm_gib * planner.GiB if args.hbm_gib else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    if budget:  # stop before loading or compiling anything when the run cannot fit
+        try:
+            planner.check_fits(planner.plan_training(cfg, lora_cfg, args.adapters, args.seq_len,
+                                                     examples_per_adapter=args.examples, mesh=(a, m),
+                                                     dtype=args.dtype), budget)
+        except planner.MemoryPlanError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
     model = (seal_jax.load_pretrained(args.model, dtype=args.dtype) if args.model
              else seal_jax.init_model(seal_jax.get_preset(args.preset), seed=args.seed, dtype=args.dtype))
     model = distributed.shard_model(model, mesh)
@@ -87,7 +102,6 @@ def main(argv=None) -> int:
                  for _ in range(args.examples)] for _ in range(args.adapters)]
     specs = [il.TrainSpec(learning_rate=args.lr, epochs=args.epochs, seed=args.seed + k) for k in range(args.adapters)]
     plan = il.build_plan(datasets, specs)
-    lora_cfg = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=tuple(args.targets.split(",")))
     lora = distributed.shard_lora(init_lora(cfg, lora_cfg, jax.random.PRNGKey(args.seed), args.adapters), mesh)
     state = il.init_state(lora, plan, mesh)
 

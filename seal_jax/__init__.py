@@ -7,7 +7,7 @@ Public facade (other code may use the internals freely):
     seal_jax.save_pretrained(model, path)
 """
 
-from seal_jax.checkpoints.hf import CheckpointError, load_pretrained, save_pretrained
+from seal_jax.checkpoints.hf import CheckpointError, load_pretrained, read_config as load_config, save_pretrained
 from seal_jax.checkpoints.peft import load_adapter, save_adapter
 from seal_jax.generation import generate
 from seal_jax import sharding
@@ -15,4 +15,4 @@ from seal_jax.models.config import ConfigError, ModelConfig, get_preset
 from seal_jax.models.model import Model, forward, init_model
 
 __all__ = ["CheckpointError", "ConfigError", "Model", "ModelConfig", "forward", "generate", "get_preset", "init_model",
-           "load_adapter", "load_pretrained", "save_adapter", "save_pretrained"]
+           "load_adapter", "load_config", "load_pretrained", "save_adapter", "save_pretrained", "sharding"]

@@ -65,3 +65,12 @@ def test_killed_job_resumes_from_its_checkpoint(tmp_path):
     assert a["final_loss"] == b["final_loss"]
     third = subprocess.run(args, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
     assert "nothing to do" in third.stdout
+
+
+def test_job_that_cannot_fit_stops_before_compiling(tmp_path):
+    proc = subprocess.run([sys.executable, *JOB, "--out", str(tmp_path / "x"), "--hbm-gib", "0.001"], cwd=ROOT,
+                          env=_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: train 4 adapters") and "GiB" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "x" / "results.json")
