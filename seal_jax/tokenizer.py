@@ -483,3 +483,25 @@ def build_qwen_tokenizer_dir(out_dir: str | Path, instruct: bool = False) -> Pat
     return _write_tiktoken_tokenizer_dir(
         out_dir, ranks_file, QWEN2_PATTERN, QWEN25_ADDED_TOKENS, nfc=True, bos=None,
         eos="<|im_end|>" if instruct else "<|endoftext|>", pad="<|endoftext|>", chat_template=QWEN25_CHAT_TEMPLATE)
+
+
+def train_bpe_tokenizer_dir(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 512,
+                            eos_token: str = "<|endoftext|>") -> Path:
+    """Train a small byte-level BPE tokenizer on `texts` (the `tokenizers` library) and save it as a HF tokenizer
+    directory: for tiny models in tests and the embedded demo. `eos_token` is id 0 and doubles as pad (as Qwen's
+    <|endoftext|> does); there is no bos."""
+    from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = RawTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[eos_token],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    raw.train_from_iterator(list(texts), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token=eos_token, pad_token=eos_token,
+                                   clean_up_tokenization_spaces=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(out))
+    return out

@@ -1,0 +1,620 @@
+"""SEAL knowledge incorporation (SQuAD): self-edits -> batched TTT -> QA without the passage -> grading; ReST-EM; CPT;
+continual self-edits. Every stage writes to the run directory and is skipped when its output is already there, so
+re-running a killed command finishes without redoing finished work.
+
+    # the paper's single-passage rows (precomputed self-edits, e.g. the GPT-4.1 row):
+    python -m experiments.knowledge_incorporation eval --model QWEN_DIR --self-edits gpt4_1_val.json \\
+        --n-passages 200 --k 1 --eval-times 1 --out runs/gpt41
+    # self-edits written by the model itself (implications prompt, k samples at T=1, top-p 0.95):
+    python -m experiments.knowledge_incorporation eval --model QWEN_DIR --data squad_val.json --out runs/base
+    # passage only (the "train on passage" row): --k 0
+    # ReST-EM: rank k x r self-edits per training passage, SFT the best, merge, repeat; evaluate every policy
+    python -m experiments.knowledge_incorporation rest-em --model QWEN_DIR --train-data iter0_train.json \\
+        --eval-data squad_val.json --rounds 2 --out runs/restem
+    python -m experiments.knowledge_incorporation cpt --model QWEN_DIR --self-edits base_val.json --out runs/cpt
+    python -m experiments.knowledge_incorporation continual --model QWEN_DIR --data squad_val.json --out runs/cont
+
+Run directory: config.json (the resolved flags), events.jsonl, self_edits.json, baseline.jsonl, evals.jsonl,
+results.json (the original's schema + CIs), summary.md; rest-em adds round_R/ and policy_R/ (orbax); continual adds
+forgetting.png. A sweep over any flag is a shell loop, one run directory per point:
+    for lr in 3e-4 1e-3 3e-3; do python -m experiments.knowledge_incorporation eval ... --lr $lr --out runs/lr_$lr; done
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+from seal_jax.runs import RunDir, append_jsonl, progress, read_jsonl, write_json
+
+PROG = "experiments.knowledge_incorporation"
+
+
+# ------------------------------------------------------------------------------------------------ flags
+def add_common(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default=None, help="HF checkpoint dir (config.json + safetensors) of the policy")
+    g.add_argument("--preset", default=None, help="a random-init preset instead of --model (smoke tests)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer dir (default: --model)")
+    g.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    g.add_argument("--seed", type=int, default=0, help="TTT seeds derive from it (the original used the clock)")
+    g = ap.add_argument_group("self-edits")
+    g.add_argument("--prompt-variant", default="implications",
+                   help="implications | implications-long | implications-very-long | rewrite | self-qa")
+    g.add_argument("--k", type=int, default=5, help="self-edits per passage (0 = train on the passage only)")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--max-self-edit-tokens", type=int, default=8192)
+    g.add_argument("--split-newlines", action=argparse.BooleanOptionalAction, default=True)
+    g = ap.add_argument_group("test-time training (defaults: the original's)")
+    g.add_argument("--lora-rank", type=int, default=32)
+    g.add_argument("--lora-alpha", type=float, default=64.0)
+    g.add_argument("--lora-targets", default="q,v")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--schedule", default="linear", choices=["constant", "linear", "cosine"])
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--max-grad-norm", type=float, default=1.0)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--loss-mode", default="compat_padding", choices=["compat_padding", "all"],
+                   help="compat_padding = the original (eos padding to --max-length, pads in the loss); "
+                        "all = real tokens + one eos, bucketed (much faster)")
+    g.add_argument("--max-length", type=int, default=2048)
+    g.add_argument("--pack", action="store_true", help="pack sequences into rows (with --loss-mode all)")
+    g.add_argument("--answer-max-tokens", type=int, default=64)
+    g.add_argument("--adapters-per-batch", type=int, default=16, help="self-edit evaluations trained together")
+    g.add_argument("--eval-times", type=int, default=1, help="repetitions of each self-edit evaluation")
+    g = ap.add_argument_group("grading")
+    g.add_argument("--grader", default="offline", choices=["offline", "llm", "openai"])
+    g.add_argument("--judge-model", default=None, help="HF dir of the LLM judge (--grader llm; default: --model)")
+    g.add_argument("--openai-base-url", default=None)
+    g.add_argument("--openai-model", default="gpt-4.1")
+    g = ap.add_argument_group("run")
+    g.add_argument("--out", required=True, help="run directory")
+    g.add_argument("--mesh", default=None, help="ADAPTER,MODEL device mesh (default: one device)")
+    g.add_argument("--distributed", action="store_true")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("eval", help="single-passage SEAL evaluation (the paper's main table)")
+    add_common(e)
+    e.add_argument("--data", default=None, help="SEAL-format passages (squad_val.json)")
+    e.add_argument("--self-edits", default=None, help="SEAL-format file with completions (skips generation)")
+    e.add_argument("--n-passages", type=int, default=200)
+    e.add_argument("--start", type=int, default=0)
+
+    r = sub.add_parser("rest-em", help="ReST-EM: rank self-edits on training passages, SFT the best, merge, repeat")
+    add_common(r)
+    r.add_argument("--train-data", required=True, help="training passages (SEAL format; completions used for "
+                                                       "round 0 when present unless --regenerate)")
+    r.add_argument("--n-train-passages", type=int, default=50)
+    r.add_argument("--regenerate", action="store_true", help="sample round-0 self-edits even if the file has some")
+    r.add_argument("--eval-data", default=None, help="passages to evaluate every policy on (SEAL format)")
+    r.add_argument("--n-eval-passages", type=int, default=200)
+    r.add_argument("--eval-k", type=int, default=1)
+    r.add_argument("--rounds", type=int, default=2)
+    r.add_argument("--rank-eval-times", type=int, default=3, help="repetitions per self-edit when ranking")
+    r.add_argument("--sft-rank", type=int, default=64)
+    r.add_argument("--sft-alpha", type=float, default=128.0)
+    r.add_argument("--sft-targets", default="q,k,v,o,gate,up,down")
+    r.add_argument("--sft-lr", type=float, default=3e-4)
+    r.add_argument("--sft-epochs", type=int, default=2)
+    r.add_argument("--sft-batch-size", type=int, default=10)
+    r.add_argument("--keep-ties", choices=["first"], default="first", help="tie-break: the earliest self-edit")
+    r.add_argument("--require-improvement", action="store_true",
+                   help="drop passages whose best self-edit does not beat the baseline (the original keeps them)")
+
+    c = sub.add_parser("cpt", help="continued pretraining: all passages' sequences in one adapter")
+    add_common(c)
+    c.add_argument("--data", default=None)
+    c.add_argument("--self-edits", default=None)
+    c.add_argument("--n-passages", type=int, default=200)
+    c.add_argument("--full-finetune", action="store_true", help="train all weights instead of one LoRA")
+    c.set_defaults(k=5, epochs=3, batch_size=8, split_newlines=False)
+
+    t = sub.add_parser("continual", help="continual self-edits: the forgetting matrix")
+    add_common(t)
+    t.add_argument("--data", required=True)
+    t.add_argument("--n-sequences", type=int, default=8)
+    t.add_argument("--n-datapoints", type=int, default=8)
+    args = ap.parse_args(argv)
+    if (args.model is None) == (args.preset is None):
+        ap.error("give exactly one of --model DIR or --preset NAME")
+    if args.preset and not args.tokenizer:
+        ap.error("--preset needs --tokenizer DIR")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ context
+@dataclasses.dataclass
+class Context:
+    args: argparse.Namespace
+    run: RunDir
+    model: Any
+    tokenizer: Any
+    grade: Any
+    ttt: Any
+    mesh: Any = None
+
+
+def load_context(args) -> Context:
+    import jax
+
+    import seal_jax
+    from seal_jax.knowledge.grader import make_grader
+    from seal_jax.knowledge.ttt import TTTConfig
+    from seal_jax.lora import LoraConfig
+    from seal_jax.tokenizer import Tokenizer
+
+    if args.distributed:
+        from seal_jax import distributed
+        distributed.initialize()
+    run = RunDir(args.out, {k: v for k, v in vars(args).items()})
+    tokenizer = Tokenizer.from_dir(args.tokenizer or args.model)
+    if args.model:
+        model = seal_jax.load_pretrained(args.model, dtype=args.dtype)
+    else:
+        model = seal_jax.init_model(seal_jax.get_preset(args.preset), seed=args.seed, dtype=args.dtype)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise SystemExit(f"error: tokenizer has {tokenizer.vocab_size} ids but the model only "
+                         f"{model.config.vocab_size}")
+    mesh = None
+    if args.mesh:
+        from seal_jax import distributed
+        a, m = (int(x) for x in args.mesh.split(","))
+        mesh = distributed.make_mesh(a, m)
+        model = distributed.shard_model(model, mesh)
+    if args.grader == "llm":
+        judge = seal_jax.load_pretrained(args.judge_model, dtype=args.dtype) if args.judge_model else model
+        grader = make_grader("llm", model=judge, tokenizer=Tokenizer.from_dir(args.judge_model) if
+                             args.judge_model else tokenizer)
+    elif args.grader == "openai":
+        grader = make_grader("openai", base_url=args.openai_base_url, model=args.openai_model)
+    else:
+        grader = make_grader("offline")
+    ttt = TTTConfig(lora=LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha,
+                                    targets=tuple(args.lora_targets.split(","))),
+                    learning_rate=args.lr, epochs=args.epochs, batch_size=args.batch_size, schedule=args.schedule,
+                    warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
+                    weight_decay=args.weight_decay, loss_mode=args.loss_mode, max_length=args.max_length,
+                    split_newlines=args.split_newlines, answer_max_tokens=args.answer_max_tokens,
+                    adapters_per_batch=args.adapters_per_batch, pack=args.pack)
+    run.event("start", command=args.command, devices=jax.device_count(), processes=jax.process_count())
+    return Context(args, run, model, tokenizer, grader.grade, ttt, mesh)
+
+
+def is_main() -> bool:
+    import jax
+    return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def passages_for(args, data_path: str | None, self_edits_path: str | None, n: int, start: int = 0):
+    """The original's selection: a seed-42 shuffle of the data file, then [start:start+n]. A self-edit file already
+    holds the selected passages in order (with their completions), so it is sliced directly."""
+    from seal_jax.knowledge.data import load_passages, select_passages
+    if self_edits_path:
+        return load_passages(self_edits_path)[start:start + n]
+    if not data_path:
+        raise SystemExit("error: give --data (passages) or --self-edits (passages with completions)")
+    return select_passages(load_passages(data_path), n, start=start)
+
+
+def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc="self-edits"):
+    """Sample k self-edits per passage from the policy (or reuse the file written by an earlier run)."""
+    from seal_jax import generation
+    from seal_jax.knowledge.data import load_passages, save_passages
+    from seal_jax.knowledge.prompts import format_self_edit_prompt
+
+    if os.path.exists(path):
+        return load_passages(path)
+    model = model or ctx.model
+    a = ctx.args
+    prompts = [format_self_edit_prompt(p, a.prompt_variant) for p in passages]
+    rows, owners = [], []
+    for i, text in enumerate(prompts):
+        ids = ctx.tokenizer.encode(text)
+        for j in range(k):
+            rows.append(ids)
+            owners.append((i, j))
+    completions = [[""] * k for _ in passages]
+    chunk = 64
+    stop = [ctx.tokenizer.eos_token_id] if ctx.tokenizer.eos_token_id is not None else []
+    for s in progress(range(0, len(rows), chunk), -(-len(rows) // chunk), desc, a.no_progress):
+        seeds = [_seed(a.seed, "self-edit", *owners[t]) for t in range(s, min(s + chunk, len(rows)))]
+        outs = generation.generate(model, rows[s:s + chunk], max_new_tokens=a.max_self_edit_tokens,
+                                   temperature=a.temperature, top_p=a.top_p, seed=seeds, stop_token_ids=stop,
+                                   mesh=ctx.mesh)
+        for (i, j), o in zip(owners[s:s + chunk], outs):
+            completions[i][j] = ctx.tokenizer.decode(o).strip()
+    out = [dataclasses.replace(p, completions=tuple(c), prompt=pr) for p, c, pr in zip(passages, completions, prompts)]
+    if is_main():
+        save_passages(path, out)
+    ctx.run.event("self_edits", path=path, passages=len(out), k=k)
+    return out
+
+
+def _seed(base: int, *parts) -> int:
+    h = hashlib.sha256(":".join(map(str, (base,) + parts)).encode()).digest()
+    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
+
+
+def baseline_stage(ctx: Context, passages, path: str, model=None) -> dict[int, dict]:
+    """Baseline answers and verdicts, once per passage."""
+    from seal_jax.knowledge.ttt import baseline_answers, grade_passage
+    done = {r["passage_index"]: r for r in read_jsonl(path)}
+    todo = [i for i in range(len(passages)) if i not in done]
+    if todo:
+        answers = baseline_answers(model or ctx.model, ctx.tokenizer, [passages[i] for i in todo], ctx.ttt)
+        rows = [{"passage_index": i, "answers": a, "correct": grade_passage(ctx.grade, passages[i], a)}
+                for i, a in zip(todo, answers)]
+        if is_main():
+            append_jsonl(path, rows)
+        done.update({r["passage_index"]: r for r in rows})
+        ctx.run.event("baseline", path=path, passages=len(rows))
+    return done
+
+
+def jobs_for(passages, k: int, reps: int):
+    from seal_jax.knowledge.data import take_completions
+    from seal_jax.knowledge.ttt import Job
+    jobs = []
+    for i, p in enumerate(passages):
+        comps = list(take_completions(p, k)) if k > 0 else [""]
+        for j, c in enumerate(comps):
+            for r in range(reps):
+                jobs.append(Job(i, j, r, c))
+    return jobs
+
+
+def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT") -> list[dict]:
+    """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest trained in batches."""
+    from seal_jax.knowledge.ttt import evaluate_jobs
+    done = {r["key"]: r for r in read_jsonl(path)}
+    todo = [j for j in jobs if j.key not in done]
+    K = ctx.ttt.adapters_per_batch
+    for s in progress(range(0, len(todo), K), -(-len(todo) // K), desc, ctx.args.no_progress):
+        t0 = time.perf_counter()
+        recs = evaluate_jobs(model or ctx.model, ctx.tokenizer, passages, todo[s:s + K], ctx.ttt, ctx.grade,
+                             seed=ctx.args.seed, mesh=ctx.mesh)
+        if is_main():
+            append_jsonl(path, recs)
+        done.update({r["key"]: r for r in recs})
+        ctx.run.event("ttt_batch", jobs=len(recs), seconds=time.perf_counter() - t0,
+                      seconds_per_self_edit=(time.perf_counter() - t0) / max(len(recs), 1))
+    return [done[j.key] for j in jobs]
+
+
+def settings(ctx: Context) -> dict:
+    a = ctx.args
+    return {"timestamp": time.strftime("%Y-%m-%d %H:%M:%S"), "exp_name": os.path.basename(os.path.abspath(a.out)),
+            "split_newlines": a.split_newlines, "k_completions": a.k, "eval_times": a.eval_times,
+            "grader": a.grader, "loss_mode": a.loss_mode,
+            "lora_params": {"rank": a.lora_rank, "alpha": a.lora_alpha, "dropout": 0.0, "epochs": a.epochs,
+                            "lr": a.lr, "batch_size": a.batch_size, "grad_accum_steps": 1,
+                            "targets": a.lora_targets}}
+
+
+def evaluate(ctx: Context, passages, out_dir: str, k: int, reps: int, model=None, label="") -> dict:
+    """Self-edits (from the file or the policy) -> baseline -> batched TTT -> results.json (original's schema)."""
+    from seal_jax.knowledge.report import single_passage_results
+    os.makedirs(out_dir, exist_ok=True)
+    if k > 0 and not all(p.completions for p in passages):
+        passages = self_edit_stage(ctx, passages, os.path.join(out_dir, "self_edits.json"), k, model,
+                                   desc=f"{label}self-edits")
+    baseline = baseline_stage(ctx, passages, os.path.join(out_dir, "baseline.jsonl"), model)
+    evals = ttt_stage(ctx, passages, jobs_for(passages, k, reps), os.path.join(out_dir, "evals.jsonl"), model,
+                      desc=f"{label}TTT")
+    results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages)))
+    if is_main():
+        write_json(os.path.join(out_dir, "results.json"), results)
+    return results
+
+
+def summary_row(name: str, results: dict, which: str) -> dict:
+    o = results["overall"]
+    return {"name": name, "accuracy": o[f"{which}_mean_accuracy"], "ci95": o[f"{which}_ci95"],
+            "n": o["n_articles"]}
+
+
+def write_summary(ctx: Context, title: str, rows: list[dict], extra: str = "") -> str:
+    from seal_jax.knowledge.report import markdown_table
+    text = f"# {title}\n\n{markdown_table(rows)}\n{extra}"
+    if is_main():
+        with open(ctx.run.file("summary.md"), "w") as f:
+            f.write(text)
+    print(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_eval(ctx: Context) -> None:
+    a = ctx.args
+    passages = passages_for(a, a.data, a.self_edits, a.n_passages, a.start)
+    results = evaluate(ctx, passages, ctx.run.path, a.k, a.eval_times)
+    name = "passage only" if a.k == 0 else ("self-edits from " + (os.path.basename(a.self_edits) if a.self_edits
+                                                                  else "the model"))
+    write_summary(ctx, "Knowledge incorporation: single passage",
+                  [summary_row("base model (no TTT)", results, "baseline"),
+                   summary_row(f"TTT on {name}", results, "adapter")])
+
+
+def select_best(passages, results: dict, require_improvement: bool) -> tuple[list[dict], list[dict]]:
+    """Best-of-k per passage by mean adapter accuracy over reps; ties go to the earliest self-edit (as the original,
+    whose stable sort keeps the first). Returns (SFT rows, per-passage selection records)."""
+    sft, records = [], []
+    for art in results["articles"]:
+        means = [c["stats"]["adapter_mean"] for c in art["completions"]]
+        best = max(range(len(means)), key=lambda i: (means[i], -i))
+        base = art["stats"]["baseline_mean"]
+        rec = {"passage_index": art["passage_index"], "title": art["title"], "adapter_means": means,
+               "chosen": best, "tie": means.count(means[best]) > 1, "baseline": base,
+               "improved": means[best] > base}
+        rec["kept"] = rec["improved"] or not require_improvement
+        records.append(rec)
+        if rec["kept"]:
+            p = passages[art["passage_index"]]
+            sft.append({"prompt": p.prompt, "completion": art["completions"][best]["text"]})
+    return sft, records
+
+
+def save_policy(path: str, model) -> None:
+    from seal_jax.checkpoints.state import StateCheckpointer
+    StateCheckpointer(path, max_to_keep=1).save(0, model.params)
+
+
+def load_policy(path: str, like):
+    from seal_jax.checkpoints.state import StateCheckpointer
+    import seal_jax
+    ck = StateCheckpointer(path, max_to_keep=1)
+    if ck.latest_step() is None:
+        return None
+    return seal_jax.Model(like.config, ck.restore(like.params))
+
+
+def cmd_rest_em(ctx: Context) -> None:
+    from seal_jax.knowledge.data import load_passages
+    from seal_jax.lora import LoraConfig
+    from seal_jax import sft as sft_lib
+    a = ctx.args
+    train = load_passages(a.train_data)[:a.n_train_passages]
+    if a.regenerate:
+        train = [dataclasses.replace(p, completions=()) for p in train]
+    eval_passages = passages_for(a, a.eval_data, None, a.n_eval_passages) if a.eval_data else []
+    policies = [ctx.model]
+    rows = []
+    for r in range(a.rounds + 1):
+        policy = policies[r]
+        if eval_passages:
+            res = evaluate(ctx, [dataclasses.replace(p, completions=()) for p in eval_passages],
+                           ctx.run.dir(f"eval_policy_{r}"), a.eval_k, a.eval_times, policy,
+                           label=f"policy {r} eval ")
+            if r == 0:
+                rows.append(summary_row("base model (no TTT)", res, "baseline"))
+            rows.append(summary_row("self-edit TTT, iteration 0" if r == 0 else f"SEAL, ReST-EM round {r}",
+                                    res, "adapter"))
+        if r == a.rounds:
+            break
+        rdir = ctx.run.dir(f"round_{r}")
+        nxt = load_policy(os.path.join(rdir, "policy"), ctx.model)
+        if nxt is None:
+            round_train = train if r == 0 else [dataclasses.replace(p, completions=()) for p in train]
+            res = evaluate(ctx, round_train, rdir, a.k, a.rank_eval_times, policy, label=f"round {r} E-step ")
+            passages_used = (round_train if all(p.completions for p in round_train)
+                             else load_passages(os.path.join(rdir, "self_edits.json")))
+            sft_rows, selection = select_best(passages_used, res, a.require_improvement)
+            if is_main():
+                write_json(os.path.join(rdir, "selection.json"), selection)
+                with open(os.path.join(rdir, "sft.jsonl"), "w") as f:  # the SFT set, in the original's format
+                    f.writelines(json.dumps(x) + "\n" for x in sft_rows)
+            ctx.run.event("selection", round=r, kept=len(sft_rows), ties=sum(s["tie"] for s in selection),
+                          not_improved=sum(not s["improved"] for s in selection))
+            if not sft_rows:
+                raise SystemExit(f"error: round {r} kept no self-edits (all failed to improve); nothing to train on")
+            cfg = sft_lib.SFTConfig(lora=LoraConfig(rank=a.sft_rank, alpha=a.sft_alpha,
+                                                    targets=tuple(a.sft_targets.split(","))),
+                                    learning_rate=a.sft_lr, epochs=a.sft_epochs, batch_size=a.sft_batch_size,
+                                    seed=a.seed + r, checkpoint_every=1)
+            prompts = [ctx.tokenizer.encode(x["prompt"]) for x in sft_rows]
+            completions = [ctx.tokenizer.encode(x["completion"], add_bos=False) for x in sft_rows]
+            nxt = sft_lib.sft_and_merge(policy, prompts, completions, ctx.tokenizer.eos_token_id, cfg,
+                                        checkpoint_dir=os.path.join(rdir, "sft_checkpoints"))
+            save_policy(os.path.join(rdir, "policy"), nxt)
+            ctx.run.event("policy", round=r + 1)
+        policies.append(nxt)
+    if rows:
+        write_summary(ctx, "Knowledge incorporation: ReST-EM", rows)
+
+
+def cmd_cpt(ctx: Context) -> None:
+    import numpy as np
+    from seal_jax import generation, inner_loop as il
+    from seal_jax.knowledge.report import ci95
+    from seal_jax.knowledge.sequences import cpt_train_sequences
+    from seal_jax.knowledge.ttt import _answer_prompt_ids, _decode_all, grade_passage, training_examples
+    from seal_jax.lora import init_lora, stack_adapters
+    import jax
+    a = ctx.args
+    passages = passages_for(a, a.data, a.self_edits, a.n_passages)
+    if a.k > 0 and not all(p.completions for p in passages):
+        passages = self_edit_stage(ctx, passages, ctx.run.file("self_edits.json"), a.k)
+    baseline = baseline_stage(ctx, passages, ctx.run.file("baseline.jsonl"))
+    result_path = ctx.run.file("cpt.json")
+    if not os.path.exists(result_path):
+        seqs = cpt_train_sequences(passages, a.k, split_newlines=a.split_newlines)
+        examples = training_examples(ctx.tokenizer, seqs, ctx.ttt.loss_mode)
+        spec = il.TrainSpec(learning_rate=a.lr, schedule=a.schedule, epochs=a.epochs, batch_size=a.batch_size,
+                            max_grad_norm=a.max_grad_norm, weight_decay=a.weight_decay, seed=a.seed)
+        pad = ctx.tokenizer.pad_token_id or 0
+        plan = il.build_plan([examples], [spec], loss_mode=ctx.ttt.loss_mode, pad_id=pad, max_length=a.max_length,
+                             compat_length=a.max_length, pack=a.pack)
+        if a.full_finetune:
+            from seal_jax.full_ft import full_finetune
+            model, losses = full_finetune(ctx.model, plan)
+            lora = None
+        else:
+            model = ctx.model
+            state = il.train_adapters(model, stack_adapters([init_lora(model.config, ctx.ttt.lora,
+                                                                       jax.random.PRNGKey(a.seed))]), plan)
+            lora = state.lora.adapter(0)
+            losses = np.asarray(state.losses[0, :int(state.step[0])]).tolist()
+        prompts = [ids for p in passages for ids in _answer_prompt_ids(ctx.tokenizer, p)]
+        outs = generation.generate(model, prompts, max_new_tokens=a.answer_max_tokens, lora=lora,
+                                   stop_token_ids=[ctx.tokenizer.eos_token_id])
+        texts = _decode_all(ctx.tokenizer, outs)
+        per, pos = [], 0
+        for i, p in enumerate(passages):
+            ans = texts[pos:pos + len(p.questions)]
+            pos += len(p.questions)
+            per.append({"passage_index": i, "title": p.title, "answers": ans,
+                        "correct": grade_passage(ctx.grade, p, ans)})
+        if is_main():
+            write_json(result_path, {"train_sequences": len(seqs), "losses": losses, "per_passage": per})
+    cpt = json.load(open(result_path))
+    base_c = [c for i in range(len(passages)) for c in baseline[i]["correct"]]
+    adapt_c = [c for r in cpt["per_passage"] for c in r["correct"]]
+    overall = {"baseline_accuracy": float(np.mean(base_c)), "adapter_accuracy": float(np.mean(adapt_c)),
+               "gain": float(np.mean(adapt_c) - np.mean(base_c)), "n_questions": len(adapt_c),
+               "train_sequences": cpt["train_sequences"], "full_finetune": a.full_finetune}
+    if is_main():
+        write_json(ctx.run.file("results.json"), {"overall": overall, **settings(ctx), "per_passage": cpt["per_passage"]})
+    rows = [{"name": "base model", "accuracy": overall["baseline_accuracy"], "ci95": ci95(base_c),
+             "n": len(passages)},
+            {"name": f"CPT on {len(passages)} passages ({'full FT' if a.full_finetune else 'LoRA'})",
+             "accuracy": overall["adapter_accuracy"], "ci95": ci95(adapt_c), "n": len(passages)}]
+    write_summary(ctx, "Knowledge incorporation: continued pretraining (micro accuracy)", rows)
+
+
+def cmd_continual(ctx: Context) -> None:
+    import numpy as np
+    from seal_jax.checkpoints.state import StateCheckpointer
+    from seal_jax.knowledge.data import load_passages
+    from seal_jax.knowledge.ttt import Job, baseline_answers, grade_passage
+    from seal_jax.lora import Lora, init_lora, merge
+    import jax
+    a = ctx.args
+    everything = load_passages(a.data)
+    n, S = a.n_datapoints, a.n_sequences
+    matrices = []
+    for s in range(S):
+        sdir = ctx.run.dir(f"sequence_{s}")
+        mpath = os.path.join(sdir, "matrix.json")
+        if os.path.exists(mpath):
+            matrices.append(np.asarray(json.load(open(mpath))["matrix"]))
+            continue
+        chosen = random.Random(a.seed + s).sample(everything, n)
+        state_path = os.path.join(sdir, "progress.json")
+        prog = json.load(open(state_path)) if os.path.exists(state_path) else {"matrix": [[0.0] * n], "step": 0}
+        model = ctx.model
+        for k in range(prog["step"]):  # re-apply the merges of finished steps (adapters are small, merges cheap)
+            ck = StateCheckpointer(os.path.join(sdir, f"adapter_{k}"), max_to_keep=1)
+            like = init_lora(model.config, ctx.ttt.lora, jax.random.PRNGKey(0))
+            model = merge(model, Lora(ctx.ttt.lora, ck.restore(like.weights)))
+        if prog["step"] == 0:
+            answers = baseline_answers(model, ctx.tokenizer, chosen, ctx.ttt)
+            prog["matrix"] = [[float(np.mean(grade_passage(ctx.grade, p, ans))) for p, ans in zip(chosen, answers)]]
+        for k in range(prog["step"], n):
+            p = self_edit_stage(ctx, [chosen[k]], os.path.join(sdir, f"self_edit_{k}.json"), 1, model,
+                                desc=f"seq {s} step {k} self-edit")[0]
+            job = Job(k, 0, 0, p.completions[0] if p.completions else "")
+            # train on self-edit k, then answer passages 0..k with that adapter (one multi-passage job)
+            lora, row = _continual_step(ctx, model, chosen, p, k, job)
+            prog["matrix"].append(row + [0.0] * (n - len(row)))
+            StateCheckpointer(os.path.join(sdir, f"adapter_{k}"), max_to_keep=1).save(0, lora.weights)
+            model = merge(model, lora)
+            prog["step"] = k + 1
+            if is_main():
+                write_json(state_path, prog)
+        m = np.asarray(prog["matrix"])
+        matrices.append(m)
+        if is_main():
+            write_json(mpath, {"matrix": m.tolist(), "passages": [c.title for c in chosen]})
+    mean, std = np.mean(matrices, axis=0), np.std(matrices, axis=0)
+    if is_main():
+        write_json(ctx.run.file("results.json"), {"mean_over_sequences": mean.tolist(),
+                                                   "std_over_sequences": std.tolist(), "n_sequences": S,
+                                                   "n_datapoints": n, "dataset": a.data, **settings(ctx)})
+        _heatmap(mean, ctx.run.file("forgetting.png"))
+    lines = ["| after edit | " + " | ".join(f"p{j}" for j in range(n)) + " |", "|---" * (n + 1) + "|"]
+    for i, row in enumerate(mean):
+        cells = [f"{100 * v:.1f}" if (i == 0 or j < i) else "" for j, v in enumerate(row)]
+        lines.append(f"| {'none' if i == 0 else i} | " + " | ".join(cells) + " |")
+    text = "# Continual self-edits: accuracy on passage j after i edits\n\n" + "\n".join(lines) + "\n"
+    if is_main():
+        open(ctx.run.file("summary.md"), "w").write(text)
+    print(text)
+
+
+def _continual_step(ctx: Context, model, chosen, p, k: int, job) -> tuple[Any, list[float]]:
+    """Train one adapter on passage k's self-edit; accuracy of the adapted model on passages 0..k."""
+    import jax
+    import numpy as np
+    from seal_jax import generation, inner_loop as il
+    from seal_jax.knowledge.sequences import build_train_sequences
+    from seal_jax.knowledge.ttt import _answer_prompt_ids, _decode_all, grade_passage, training_examples
+    from seal_jax.lora import init_lora, stack_adapters
+    seqs = build_train_sequences(job.completion, p, split_newlines=ctx.ttt.split_newlines)
+    ex = training_examples(ctx.tokenizer, seqs, ctx.ttt.loss_mode)
+    seed = job.seed(ctx.args.seed)
+    spec = il.TrainSpec(learning_rate=ctx.ttt.learning_rate, epochs=ctx.ttt.epochs, batch_size=ctx.ttt.batch_size,
+                        max_grad_norm=ctx.ttt.max_grad_norm, seed=seed)
+    plan = il.build_plan([ex], [spec], loss_mode=ctx.ttt.loss_mode, pad_id=ctx.tokenizer.pad_token_id or 0,
+                         max_length=ctx.ttt.max_length, compat_length=ctx.ttt.max_length)
+    state = il.train_adapters(model, stack_adapters([init_lora(model.config, ctx.ttt.lora,
+                                                               jax.random.PRNGKey(seed))]), plan)
+    lora = state.lora.adapter(0)
+    groups = [_answer_prompt_ids(ctx.tokenizer, q) for q in chosen[:k + 1]]
+    outs = generation.generate(model, [ids for g in groups for ids in g], max_new_tokens=ctx.ttt.answer_max_tokens, lora=lora,
+                               stop_token_ids=[ctx.tokenizer.eos_token_id])
+    texts, row, pos = _decode_all(ctx.tokenizer, outs), [], 0
+    for q in chosen[:k + 1]:
+        ans = texts[pos:pos + len(q.questions)]
+        pos += len(q.questions)
+        row.append(float(np.mean(grade_passage(ctx.grade, q, ans))))
+    return lora, row
+
+
+def _heatmap(matrix, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    n_rows, n = matrix.shape
+    mask = np.array([[not (i == 0 or j < i) for j in range(n)] for i in range(n_rows)])
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * n, 1 + 0.5 * n_rows))
+    im = ax.imshow(np.ma.array(matrix, mask=mask), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("passage")
+    ax.set_ylabel("after edit")
+    ax.set_yticks(range(n_rows), ["none"] + [str(i) for i in range(1, n_rows)])
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    ctx = load_context(args)
+    {"eval": cmd_eval, "rest-em": cmd_rest_em, "cpt": cmd_cpt, "continual": cmd_continual}[args.command](ctx)
+    ctx.run.event("done", command=args.command)
+    if args.distributed:
+        from seal_jax.distributed import barrier
+        barrier("knowledge_incorporation_done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Run directories shared by the experiment modules: resolved config, an event log, atomic JSON and keyed JSONL.
+
+A run directory is the unit of resumption: each stage writes its output atomically (JSON) or appends finished
+records (JSONL, fsynced), and on a re-run reads them back and skips what is done. A directory created with another
+configuration is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Sequence
+
+
+class RunDir:
+    """config.json, an append-only events.jsonl and the stage files; refuses a directory of another config."""
+
+    IGNORED = {"no_progress", "out"}
+
+    def __init__(self, path: str, config: dict):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        cfg_path = os.path.join(path, "config.json")
+        if os.path.exists(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            for k, v in config.items():
+                if k not in self.IGNORED and k in old and old[k] != v:
+                    raise SystemExit(f"error: {path} holds a run with {k}={old[k]!r} (asked {v!r}); "
+                                     f"use another --out")
+        write_json(cfg_path, config)
+
+    def file(self, *parts: str) -> str:
+        """A path inside the run (its folder created)."""
+        p = os.path.join(self.path, *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+    def dir(self, *parts: str) -> str:
+        p = os.path.join(self.path, *parts)
+        os.makedirs(p, exist_ok=True)
+        return p
+
+    def event(self, kind: str, **data) -> None:
+        with open(self.file("events.jsonl"), "a") as f:
+            f.write(json.dumps({"time": time.time(), "event": kind, **data}) + "\n")
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Atomic: a kill leaves either the old file or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Records of a JSONL file; a last line cut by a kill is ignored."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    return rows
+
+
+def append_jsonl(path: str, rows: Sequence[dict]) -> None:
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def progress(iterable, total: int, desc: str, disabled: bool = False):
+    """A tqdm progress bar (on stderr)."""
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, disable=disabled, leave=False)
