@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from seal_jax import planner
     cfg = seal_jax.load_config(args.model) if args.model else seal_jax.get_preset(args.preset)
     lora_cfg = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=tuple(args.targets.split(",")))
-    budget = args.hbm_gib * planner.GiB if args.hbm_gib else (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    budget = args.hbm_gib * planner.GiB if args.hbm_gib else (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
     if budget:  # stop before loading or compiling anything when the run cannot fit
         try:
             planner.check_fits(planner.plan_training(cfg, lora_cfg, args.adapters, args.seq_len,

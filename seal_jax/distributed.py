@@ -39,6 +39,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, local_device_ids=local_device_ids)
+    # Set up the collectives now, while every process is at the same point: gloo gives its first rendezvous only
+    # 30 s, which processes that drift apart during compilation on a busy host can exceed.
+    barrier("seal_jax_initialized")
 
 
 def is_main_process() -> bool:

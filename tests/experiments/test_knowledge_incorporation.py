@@ -1,0 +1,104 @@
+"""End to end: a tiny random model on three real SQuAD passages runs every stage of the knowledge-incorporation
+experiment and writes valid files; a run killed part-way finishes on re-run without redoing finished work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import shared_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from seal_jax.knowledge.data import load_passages, save_passages, select_passages
+    from seal_jax.tokenizer import train_bpe_tokenizer_dir
+    d = tmp_path_factory.mktemp("ki")
+    passages = select_passages(load_passages(shared_path("data", "squad", "squad_val.json")), 3)
+    save_passages(str(d / "data.json"), passages)
+    texts = [p.context for p in passages] + [q.question + " " + q.answer for p in passages for q in p.questions]
+    train_bpe_tokenizer_dir(texts, str(d / "tok"), vocab_size=512)
+    return d
+
+
+def common(world):
+    return ["--preset", "tiny-qwen2", "--tokenizer", str(world / "tok"), "--dtype", "float32", "--lora-rank", "4",
+            "--epochs", "1", "--loss-mode", "all", "--answer-max-tokens", "8", "--max-self-edit-tokens", "16",
+            "--no-progress"]
+
+
+def _events(run):
+    with open(os.path.join(run, "events.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_eval_killed_part_way_resumes(world):
+    run = str(world / "eval")
+    cmd = [sys.executable, "-m", "experiments.knowledge_incorporation", "eval", "--data", str(world / "data.json"),
+           "--n-passages", "3", "--k", "1", "--eval-times", "2", "--adapters-per-batch", "2", "--out", run,
+           *common(world)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    evals = os.path.join(run, "evals.jsonl")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(evals) and os.path.getsize(evals) > 0:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert not os.path.exists(os.path.join(run, "results.json")), "the run finished before it could be killed"
+    first = [json.loads(l) for l in open(evals)]
+    assert 0 < len(first) < 6
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(l) for l in open(evals)]
+    assert sorted(r["key"] for r in rows) == sorted(f"{p}/0/{r}" for p in range(3) for r in range(2))
+    trained = sum(e["jobs"] for e in _events(run) if e["event"] == "ttt_batch")
+    assert trained == 6  # the killed run's finished jobs were not trained again
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert res["overall"]["n_articles"] == 3 and res["overall"]["n_questions"] == sum(
+        len(a["completions"][0]["questions"]) // 2 for a in res["articles"])
+    assert {"baseline_mean_accuracy", "adapter_mean_accuracy", "mean_gain"} <= set(res["overall"])
+    q = res["articles"][0]["completions"][0]["questions"][0]
+    assert {"question", "answer", "baseline_answer", "adapter_answer", "baseline_correct", "adapter_correct"} <= set(q)
+    assert "| base model (no TTT) |" in open(os.path.join(run, "summary.md")).read()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # all done: no training
+    assert again.returncode == 0
+    assert sum(e["jobs"] for e in _events(run) if e["event"] == "ttt_batch") == 6
+
+
+def test_rest_em_cpt_and_continual(world, tmp_path):
+    from experiments import knowledge_incorporation as ki
+    train = shared_path("data", "seal_self_edits", "iter0_train.json")
+    run = str(tmp_path / "restem")
+    ki.main(["rest-em", "--train-data", train, "--n-train-passages", "2", "--k", "2", "--rank-eval-times", "1",
+             "--eval-data", str(world / "data.json"), "--n-eval-passages", "2", "--rounds", "1", "--sft-rank", "4",
+             "--sft-epochs", "1", "--sft-batch-size", "2", "--adapters-per-batch", "4", "--out", run,
+             *common(world)])
+    sel = json.load(open(os.path.join(run, "round_0", "selection.json")))
+    assert len(sel) == 2 and all(0 <= s["chosen"] < 2 for s in sel)
+    sft_rows = [json.loads(l) for l in open(os.path.join(run, "round_0", "sft.jsonl"))]
+    assert len(sft_rows) == 2 and all(r["prompt"] and r["completion"] for r in sft_rows)
+    assert os.path.isdir(os.path.join(run, "round_0", "policy"))
+    summary = open(os.path.join(run, "summary.md")).read()
+    assert "SEAL, ReST-EM round 1" in summary and "self-edit TTT, iteration 0" in summary
+
+    cpt = str(tmp_path / "cpt")
+    ki.main(["cpt", "--data", str(world / "data.json"), "--n-passages", "3", "--k", "0", "--batch-size", "2",
+             "--out", cpt, *common(world)])
+    res = json.load(open(os.path.join(cpt, "results.json")))
+    assert res["overall"]["train_sequences"] == 6 and res["overall"]["n_questions"] > 0  # passage + empty per passage
+
+    cont = str(tmp_path / "cont")
+    ki.main(["continual", "--data", str(world / "data.json"), "--n-sequences", "1", "--n-datapoints", "2",
+             "--out", cont, *common(world)])
+    res = json.load(open(os.path.join(cont, "results.json")))
+    assert len(res["mean_over_sequences"]) == 3 and len(res["mean_over_sequences"][0]) == 2
+    assert os.path.getsize(os.path.join(cont, "forgetting.png")) > 1000
