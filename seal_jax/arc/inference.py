@@ -1,0 +1,357 @@
+"""ARC inference with augmentation and voting (spec section 1.5): queries, batched greedy answers, inverse transforms,
+the original's two-attempt vote, and all-or-nothing task scoring.
+
+Queries (`leave_one_out_queries`, the original's ``get_leave_n_test_task`` with include_n [1], permute_n 2): for every
+test input of a task and every demonstration i, one query with the other N-1 demonstrations in their original order
+plus `permute_n` random re-orderings (de-duplicated, first occurrence kept); then, for each of the invertible
+augmenters Transpose, Flip(0), Flip(1), Rotate(90), Rotate(180), one query drawn at random from that list is
+transformed (every grid, the real test input included) and added unless it duplicates a query already there, with
+the augmenter's inverse recorded. The real test input is always the query's input; the full N-demonstration prompt is
+never used (as the original, W9). No colour permutation. A seeded generator replaces the original's set order, so the
+queries are the same in every process. Queries whose prompt plus answer budget exceed `max_tokens` are dropped; when
+none remain, leave-2 queries (N-2 demonstrations) are tried.
+
+Prompts are the TTT chat layout without the answer, ending with the assistant header, with a single BOS (the original
+strips its own BOS before vLLM adds one). Answers are greedy, stop at the tokenizer's end tokens, and are parsed with
+`grids.parse_model_grid` (or the original's permissive `parse_grid_original`), then mapped back by the inverse
+transform; unparseable or non-invertible answers are skipped.
+
+Voting (`vote`, the original's ``arclib/voting.py``): predictions grouped by inverse category (``identity`` for
+plain queries) plus an ``all`` group; each present category among all, identity, Transpose(), Flip(0), Flip(1),
+Rotate(180), Rotate(270) contributes its three most frequent answers (missing ones filled by a row-wise then a
+column-wise majority grid); the pooled candidates are ranked the same way, a tie between the 2nd and 3rd goes to the
+one more frequent among identity predictions (the 3rd on a tie), and the top two are the attempts. Ranking ties
+(equal counts) go to the answer seen first, where the original used set order.
+
+Scoring (`score_predictions`): a test input is solved when either attempt equals its output exactly (shape and
+values); the task counts only if every test input is solved.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+from typing import Any, Sequence
+
+import jax
+
+from seal_jax import generation
+from seal_jax.arc.augment import AugmentError, Augmenter, Flip, Rotate, Transpose, get_augmenter, make_rng
+from seal_jax.arc.data import ArcExample, ArcTask
+from seal_jax.arc.grids import Grid, OUTPUT_FOOTER, parse_grid_original, parse_model_grid, to_text, ttt_messages
+from seal_jax.buckets import batch_bucket
+from seal_jax.lora import Lora
+
+__all__ = ["INFERENCE_AUGMENTERS", "PARSERS", "VOTE_CATEGORIES", "InferenceOptions", "Prediction", "Query",
+           "TaskQueries", "auto_answer_budget", "build_task_queries", "decode_prediction", "inverse_category",
+           "leave_one_out_queries", "predict", "query_prompt_ids", "score_predictions", "vote"]
+
+INFERENCE_AUGMENTERS = ("transpose", "flip_0", "flip_1", "rotate_90", "rotate_180")
+VOTE_CATEGORIES = ("all", "identity", "Transpose()", "Flip(0)", "Flip(1)", "Rotate(180)", "Rotate(270)")
+PARSERS = ("model", "original")
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """Query construction, decoding and answer parsing. Defaults are the original's except where noted."""
+
+    permute_n: int = 2  # random re-orderings per leave-one-out query
+    augmenters: tuple[str, ...] = INFERENCE_AUGMENTERS
+    seed: int = 0
+    max_tokens: int = 8192  # prompt + answer budget per query
+    answer_max_tokens: int | None = None  # new-token budget; None = `auto_answer_budget` (the original: unbounded)
+    parser: str = "model"  # "model" (strict grids) or "original" (reshapes ragged answers whose size divides)
+    prompt_buckets: tuple[int, ...] | None = None  # prompt length buckets for generation (None: powers of two)
+    max_rows: int = 64  # generation rows per call (adapters x bucketed queries); bounds the KV cache
+
+    def __post_init__(self):
+        object.__setattr__(self, "augmenters", tuple(self.augmenters))
+        if self.parser not in PARSERS:
+            raise ValueError(f"unknown answer parser {self.parser!r}; expected one of {', '.join(PARSERS)}")
+        if self.permute_n < 0 or self.max_rows < 1 or self.max_tokens < 2:
+            raise ValueError(f"invalid InferenceOptions {self}")
+        for name in self.augmenters:
+            if not get_augmenter(name).invertible or get_augmenter(name).random:
+                raise ValueError(f"inference augmenter {name!r} must be deterministic and invertible")
+
+
+def inverse_category(augmenter: Augmenter | None) -> str:
+    """The voting category of a query: the original's label of the inverse transform (``identity`` for none)."""
+    if augmenter is None:
+        return "identity"
+    if isinstance(augmenter, Rotate):
+        return Rotate(360 - augmenter.angle).label
+    if isinstance(augmenter, (Flip, Transpose)):
+        return augmenter.label
+    return f"inverse of {augmenter.label}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One inference prompt: demonstrations, the (possibly transformed) test input, and the transform's name."""
+
+    demonstrations: tuple[ArcExample, ...]
+    test_input: Grid
+    augmenter: str | None = None
+
+    @property
+    def category(self) -> str:
+        return inverse_category(None if self.augmenter is None else get_augmenter(self.augmenter))
+
+    def key(self) -> tuple:
+        return tuple((e.input, e.output) for e in self.demonstrations), self.test_input
+
+    def messages(self) -> list[dict[str, str]]:
+        return ttt_messages(self.demonstrations, self.test_input)
+
+
+def _transform(query: Query, name: str) -> Query:
+    aug = get_augmenter(name)
+    demos = tuple(ArcExample(aug.apply_to_grid(e.input), aug.apply_to_grid(e.output)) for e in query.demonstrations)
+    return Query(demos, aug.apply_to_grid(query.test_input), name)
+
+
+def leave_one_out_queries(demonstrations: Sequence[ArcExample], test_input: Grid, n: int = 1, permute_n: int = 2,
+                          augmenters: Sequence[str] = INFERENCE_AUGMENTERS, seed: int = 0) -> list[Query]:
+    """The queries of one test input (see the module docstring); n = demonstrations left out of each query."""
+    rng = make_rng(seed)
+    demos = tuple(demonstrations)
+    N = len(demos)
+    base: dict[tuple, Query] = {}
+    for i in range(N):
+        for removed in itertools.combinations([j for j in range(N) if j != i], n - 1):
+            drop = {i, *removed}
+            kept = tuple(d for j, d in enumerate(demos) if j not in drop)
+            q = Query(kept, test_input)
+            base.setdefault(q.key(), q)
+            for _ in range(permute_n):
+                order = rng.permutation(len(kept))
+                p = Query(tuple(kept[int(k)] for k in order), test_input)
+                base.setdefault(p.key(), p)
+    plain = list(base.values())
+    out = dict(base)
+    for name in augmenters:
+        if not plain:
+            break
+        q = _transform(plain[int(rng.integers(len(plain)))], name)
+        out.setdefault(q.key(), q)
+    return list(out.values())
+
+
+def query_prompt_ids(tokenizer, query: Query) -> list[int]:
+    """Token ids of a query: the chat rendered with the generation header, one BOS (the template's)."""
+    return tokenizer.encode(tokenizer.chat_prompt_text(query.messages(), add_generation_prompt=True), add_bos=False)
+
+
+def auto_answer_budget(tokenizer, task: ArcTask) -> int:
+    """New-token budget when none is given: twice the tokens of the task's longest demonstration answer (grid and
+    ``#``) plus 8, so an answer up to about twice the size of any demonstration output fits. The original let
+    answers run to the context end (8192 tokens)."""
+    longest = max(len(tokenizer.encode(to_text(e.output) + OUTPUT_FOOTER, add_bos=False)) for e in task.train)
+    return 2 * longest + 8
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskQueries:
+    """The queries of every test input of one task, with their prompt ids and the answer budget."""
+
+    task_id: str
+    instances: tuple[tuple[Query, ...], ...]  # per test input
+    prompts: tuple[tuple[tuple[int, ...], ...], ...]  # per test input, per query
+    answer_budget: int
+
+    def flat_prompts(self) -> list[list[int]]:
+        return [list(p) for inst in self.prompts for p in inst]
+
+    def sizes(self) -> list[int]:
+        return [len(inst) for inst in self.instances]
+
+
+def build_task_queries(tokenizer, task: ArcTask, opts: InferenceOptions = InferenceOptions()) -> TaskQueries:
+    """Queries and prompt ids for every test input of `task` (leave-1; leave-2 when no leave-1 query fits)."""
+    budget = opts.answer_max_tokens or auto_answer_budget(tokenizer, task)
+    instances, prompts = [], []
+    for ex in task.test:
+        kept: list[tuple[Query, list[int]]] = []
+        for n in (1, 2):
+            qs = leave_one_out_queries(task.train, ex.input, n=n, permute_n=opts.permute_n,
+                                       augmenters=opts.augmenters, seed=opts.seed)
+            ids = [query_prompt_ids(tokenizer, q) for q in qs]
+            kept = [(q, i) for q, i in zip(qs, ids) if len(i) + budget <= opts.max_tokens]
+            if kept or n >= len(task.train):
+                break
+        instances.append(tuple(q for q, _ in kept))
+        prompts.append(tuple(tuple(i) for _, i in kept))
+    return TaskQueries(task.task_id, tuple(instances), tuple(prompts), budget)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One decoded answer: the raw text, the grid mapped back by the inverse transform (None when unusable), the
+    voting category, and why it is unusable."""
+
+    text: str
+    grid: Grid | None
+    category: str
+    error: str | None = None
+
+
+def decode_prediction(text: str, query: Query, parser: str = "model") -> Prediction:
+    """Parse an answer and undo the query's transform."""
+    grid = parse_model_grid(text) if parser == "model" else parse_grid_original(text)
+    if grid is None:
+        return Prediction(text, None, query.category, "no well-formed grid")
+    if query.augmenter is not None:
+        try:
+            grid = get_augmenter(query.augmenter).invert_grid(grid)
+        except AugmentError as e:
+            return Prediction(text, None, query.category, f"cannot invert: {e}")
+    return Prediction(text, grid, query.category)
+
+
+def _slice(lora: Lora, start: int, stop: int) -> Lora:
+    return Lora(lora.config, jax.tree.map(lambda w: w[start:stop], lora.weights))
+
+
+def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: InferenceOptions = InferenceOptions(),
+            lora: Lora | None = None) -> list[list[list[Prediction]] | None]:
+    """Greedy answers to every group's queries: group g with adapter g of `lora` (a batch of len(groups)), or all
+    groups with the base model when `lora` is None. A None group is skipped (its result is None).
+
+    With adapters, consecutive adapters are answered together in `generation.generate_grouped` calls of at most
+    `opts.max_rows` rows (adapters x bucketed queries; one adapter per call when its queries alone exceed that);
+    with the base model, all queries of all groups are answered in `generation.generate` calls of at most
+    `opts.max_rows` rows. Returns, per group, per test input, the
+    predictions in query order."""
+    stop = tokenizer.stop_token_ids
+    outs: list[list[list[int]] | None] = [None] * len(groups)
+    if lora is None:
+        rows, owners, budgets = [], [], []
+        for g, tq in enumerate(groups):
+            if tq is not None:
+                outs[g] = []
+                for p in tq.flat_prompts():
+                    rows.append(p)
+                    owners.append(g)
+                    budgets.append(tq.answer_budget)
+        for s in range(0, len(rows), opts.max_rows):
+            got = generation.generate(model, rows[s:s + opts.max_rows], max_new_tokens=budgets[s:s + opts.max_rows],
+                                      stop_token_ids=stop, prompt_buckets=opts.prompt_buckets)
+            for g, o in zip(owners[s:s + opts.max_rows], got):
+                outs[g].append(o)
+    else:
+        K = lora.num_adapters
+        if K != len(groups):
+            raise ValueError(f"{len(groups)} query groups for a batch of {K} adapters")
+        q = batch_bucket(max((len(tq.flat_prompts()) for tq in groups if tq is not None), default=1))
+        per_call = max(1, opts.max_rows // q)
+        for s in range(0, K, per_call):
+            chunk = groups[s:s + per_call]
+            if all(tq is None for tq in chunk):
+                continue
+            prompt_groups = [tq.flat_prompts() if tq is not None else [] for tq in chunk]
+            budget = max(tq.answer_budget for tq in chunk if tq is not None)
+            sub = lora if (s == 0 and len(chunk) == K) else _slice(lora, s, s + len(chunk))
+            got = generation.generate_grouped(model, sub, prompt_groups, max_new_tokens=budget, stop_token_ids=stop,
+                                              prompt_buckets=opts.prompt_buckets)
+            for j, tq in enumerate(chunk):
+                if tq is not None:
+                    outs[s + j] = got[j]
+    result: list[list[list[Prediction]] | None] = []
+    for tq, o in zip(groups, outs):
+        if tq is None:
+            result.append(None)
+            continue
+        texts = [tokenizer.decode(ids) for ids in o]
+        per_instance, pos = [], 0
+        for inst in tq.instances:
+            per_instance.append([decode_prediction(texts[pos + i], qr, opts.parser) for i, qr in enumerate(inst)])
+            pos += len(inst)
+        result.append(per_instance)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------- voting
+
+def _ranked(outputs: Sequence[Grid]) -> list[Grid]:
+    """Distinct outputs by count, ties broken by first appearance."""
+    counts = collections.Counter(outputs)  # insertion-ordered: first appearance
+    return sorted(counts, key=lambda g: -counts[g])
+
+
+def _transpose(grid: Grid) -> Grid:
+    return tuple(zip(*grid))
+
+
+def _row_majority(outputs: Sequence[Grid], transpose: bool = False) -> Grid:
+    """The original's ``row_base_majority_voting``: the most common shape, then per row (or column) the most common
+    row of that width."""
+    grids = [_transpose(g) for g in outputs] if transpose else list(outputs)
+    shape = _ranked([(len(g), len(g[0])) for g in grids])[0]
+    rows = []
+    for r in range(shape[0]):
+        rows.append(_ranked([g[r] for g in grids if len(g) > r and len(g[r]) == shape[1]])[0])
+    grid = tuple(rows)
+    return _transpose(grid) if transpose else grid
+
+
+def _top3(outputs: Sequence[Grid]) -> tuple[Grid | None, Grid | None, Grid | None]:
+    """The original's ``get_all_type_of_votingsv2``: most common, 2nd and 3rd most common, with missing ones filled
+    by the row-wise then the column-wise majority grid."""
+    if not outputs:
+        return None, None, None
+    ranked = _ranked(outputs)
+    first = ranked[0]
+    second = ranked[1] if len(ranked) > 1 else first
+    third = ranked[2] if len(ranked) > 2 else first
+    row = _row_majority(outputs)
+    col = _row_majority(outputs, transpose=True)
+    if second == first:
+        second = row if row != first else col
+    if third in (first, second):
+        third = row if row not in (first, second) else col
+    return first, second, third
+
+
+def vote(predictions: Sequence[tuple[Grid, str]]) -> tuple[Grid | None, Grid | None]:
+    """Two attempts from (grid, category) predictions (the original's ``vote``); (None, None) without any."""
+    by_category: dict[str, list[Grid]] = {}
+    for grid, category in predictions:
+        by_category.setdefault(category, []).append(grid)
+    by_category["all"] = [g for gs in list(by_category.values()) for g in gs]
+    candidates: list[Grid] = []
+    for key in VOTE_CATEGORIES:
+        if by_category.get(key):
+            candidates += [c for c in _top3(by_category[key]) if c is not None]
+    if not candidates:
+        return None, None
+    c1, c2, c3 = _top3(candidates)
+    if candidates.count(c2) == candidates.count(c3) and "identity" in by_category:
+        identity = by_category["identity"]
+        if identity.count(c2) > identity.count(c3):
+            c3 = c2
+        else:
+            c2 = c3
+    return c1, c2
+
+
+def score_predictions(task: ArcTask, queries: TaskQueries,
+                      predictions: Sequence[Sequence[Prediction]] | None) -> dict[str, Any]:
+    """Vote and score one task's predictions (None: no adapter to ask, every test input unsolved).
+
+    Returns a JSON-ready dict: ``n_queries`` and ``n_parsed`` per test input, ``attempts`` (two grids or None per
+    test input), ``test_correct`` per test input, and ``correct`` (every test input solved)."""
+    n_queries = queries.sizes()
+    if predictions is None:
+        return {"n_queries": n_queries, "n_parsed": [0] * len(task.test), "attempts": [[None, None]] * len(task.test),
+                "test_correct": [False] * len(task.test), "correct": False}
+    attempts, solved, parsed = [], [], []
+    for ex, preds in zip(task.test, predictions):
+        usable = [(p.grid, p.category) for p in preds if p.grid is not None]
+        a1, a2 = vote(usable)
+        attempts.append([a1, a2])
+        parsed.append(len(usable))
+        solved.append(ex.output is not None and ex.output in (a1, a2))
+    return {"n_queries": n_queries, "n_parsed": parsed, "attempts": attempts, "test_correct": solved,
+            "correct": len(solved) == len(task.test) and all(solved)}

