@@ -48,6 +48,8 @@ gradient-boosted ensemble (``fit_trees``, numpy only) on the logistic loss.
 
 from __future__ import annotations
 
+import abc
+
 import argparse
 import hashlib
 import json
@@ -655,13 +657,14 @@ def _model_from_json(d: Mapping[str, Any]) -> dict[str, Any]:
 
 # ============================================================================================== graders
 
-class Grader:
+class Grader(abc.ABC):
     """Common interface: ``grade(questions, golds, predictions) -> list[bool]``; empty predictions are False."""
 
     name = "grader"
 
+    @abc.abstractmethod
     def grade(self, questions: Sequence[str], golds: Sequence[str], predictions: Sequence[str]) -> list[bool]:
-        raise NotImplementedError
+        """One verdict per row."""
 
     def __call__(self, questions: Sequence[str], golds: Sequence[str], predictions: Sequence[str]) -> list[bool]:
         return self.grade(questions, golds, predictions)
