@@ -49,7 +49,6 @@ gradient-boosted ensemble (``fit_trees``, numpy only) on the logistic loss.
 from __future__ import annotations
 
 import abc
-
 import argparse
 import hashlib
 import json
