@@ -254,11 +254,11 @@ def _seed(base: int, *parts) -> int:
 
 def baseline_stage(ctx: Context, passages, path: str, model=None) -> dict[int, dict]:
     """Baseline answers and verdicts, once per passage."""
-    from seal_jax.knowledge.ttt import baseline_answers, grade_passage
+    from seal_jax.knowledge.ttt import answer_questions, grade_passage
     done = {r["passage_index"]: r for r in read_jsonl(path)}
     todo = [i for i in range(len(passages)) if i not in done]
     if todo:
-        answers = baseline_answers(model or ctx.model, ctx.tokenizer, [passages[i] for i in todo], ctx.ttt)
+        answers = answer_questions(model or ctx.model, ctx.tokenizer, [passages[i] for i in todo], ctx.ttt)
         rows = [{"passage_index": i, "answers": a, "correct": grade_passage(ctx.grade, passages[i], a)}
                 for i, a in zip(todo, answers)]
         if is_main():
@@ -441,10 +441,10 @@ def cmd_rest_em(ctx: Context) -> None:
 
 def cmd_cpt(ctx: Context) -> None:
     import numpy as np
-    from seal_jax import generation, inner_loop as il
+    from seal_jax import inner_loop as il
     from seal_jax.knowledge.report import ci95
     from seal_jax.knowledge.sequences import cpt_train_sequences
-    from seal_jax.knowledge.ttt import _answer_prompt_ids, _decode_all, grade_passage, training_examples
+    from seal_jax.knowledge.ttt import answer_questions, grade_passage, training_examples
     from seal_jax.lora import init_lora, stack_adapters
     import jax
     a = ctx.args
@@ -471,16 +471,9 @@ def cmd_cpt(ctx: Context) -> None:
                                                                        jax.random.PRNGKey(a.seed))]), plan)
             lora = state.lora.adapter(0)
             losses = np.asarray(state.losses[0, :int(state.step[0])]).tolist()
-        prompts = [ids for p in passages for ids in _answer_prompt_ids(ctx.tokenizer, p)]
-        outs = generation.generate(model, prompts, max_new_tokens=a.answer_max_tokens, lora=lora,
-                                   stop_token_ids=[ctx.tokenizer.eos_token_id])
-        texts = _decode_all(ctx.tokenizer, outs)
-        per, pos = [], 0
-        for i, p in enumerate(passages):
-            ans = texts[pos:pos + len(p.questions)]
-            pos += len(p.questions)
-            per.append({"passage_index": i, "title": p.title, "answers": ans,
-                        "correct": grade_passage(ctx.grade, p, ans)})
+        answers = answer_questions(model, ctx.tokenizer, passages, ctx.ttt, lora=lora)
+        per = [{"passage_index": i, "title": p.title, "answers": ans, "correct": grade_passage(ctx.grade, p, ans)}
+               for i, (p, ans) in enumerate(zip(passages, answers))]
         if is_main():
             write_json(result_path, {"train_sequences": len(seqs), "losses": losses, "per_passage": per})
     cpt = json.load(open(result_path))
@@ -502,7 +495,7 @@ def cmd_continual(ctx: Context) -> None:
     import numpy as np
     from seal_jax.checkpoints.state import StateCheckpointer
     from seal_jax.knowledge.data import load_passages
-    from seal_jax.knowledge.ttt import Job, baseline_answers, grade_passage
+    from seal_jax.knowledge.ttt import Job, answer_questions, grade_passage
     from seal_jax.lora import Lora, init_lora, merge
     import jax
     a = ctx.args
@@ -524,7 +517,7 @@ def cmd_continual(ctx: Context) -> None:
             like = init_lora(model.config, ctx.ttt.lora, jax.random.PRNGKey(0))
             model = merge(model, Lora(ctx.ttt.lora, ck.restore(like.weights)))
         if prog["step"] == 0:
-            answers = baseline_answers(model, ctx.tokenizer, chosen, ctx.ttt)
+            answers = answer_questions(model, ctx.tokenizer, chosen, ctx.ttt)
             prog["matrix"] = [[float(np.mean(grade_passage(ctx.grade, p, ans))) for p, ans in zip(chosen, answers)]]
         for k in range(prog["step"], n):
             p = self_edit_stage(ctx, [chosen[k]], os.path.join(sdir, f"self_edit_{k}.json"), 1, model,
@@ -562,9 +555,9 @@ def _continual_step(ctx: Context, model, chosen, p, k: int, job) -> tuple[Any, l
     """Train one adapter on passage k's self-edit; accuracy of the adapted model on passages 0..k."""
     import jax
     import numpy as np
-    from seal_jax import generation, inner_loop as il
+    from seal_jax import inner_loop as il
     from seal_jax.knowledge.sequences import build_train_sequences
-    from seal_jax.knowledge.ttt import _answer_prompt_ids, _decode_all, grade_passage, training_examples
+    from seal_jax.knowledge.ttt import answer_questions, grade_passage, training_examples
     from seal_jax.lora import init_lora, stack_adapters
     seqs = build_train_sequences(job.completion, p, split_newlines=ctx.ttt.split_newlines)
     ex = training_examples(ctx.tokenizer, seqs, ctx.ttt.loss_mode)
@@ -576,15 +569,8 @@ def _continual_step(ctx: Context, model, chosen, p, k: int, job) -> tuple[Any, l
     state = il.train_adapters(model, stack_adapters([init_lora(model.config, ctx.ttt.lora,
                                                                jax.random.PRNGKey(seed))]), plan)
     lora = state.lora.adapter(0)
-    groups = [_answer_prompt_ids(ctx.tokenizer, q) for q in chosen[:k + 1]]
-    outs = generation.generate(model, [ids for g in groups for ids in g], max_new_tokens=ctx.ttt.answer_max_tokens, lora=lora,
-                               stop_token_ids=[ctx.tokenizer.eos_token_id])
-    texts, row, pos = _decode_all(ctx.tokenizer, outs), [], 0
-    for q in chosen[:k + 1]:
-        ans = texts[pos:pos + len(q.questions)]
-        pos += len(q.questions)
-        row.append(float(np.mean(grade_passage(ctx.grade, q, ans))))
-    return lora, row
+    answers = answer_questions(model, ctx.tokenizer, chosen[:k + 1], ctx.ttt, lora=lora)
+    return lora, [float(np.mean(grade_passage(ctx.grade, q, ans))) for q, ans in zip(chosen[:k + 1], answers)]
 
 
 def _heatmap(matrix, path: str) -> None:

@@ -3,7 +3,7 @@ one vmapped LoRA batch over the shared base, then answered in one multi-adapter 
 
 One job = the original's TTT-server request: build the training sequences from the self-edit, fine-tune a fresh LoRA
 on them, answer the passage's questions (without the passage) and grade the answers. Baseline answers are computed
-once per passage (`baseline_answers`), not per job. A job whose adapter goes non-finite is a failed sample: every
+once per passage (`answer_questions`), not per job. A job whose adapter goes non-finite is a failed sample: every
 answer counts as wrong (reward 0) and the reason is recorded.
 """
 
@@ -83,9 +83,10 @@ def grade_passage(grade: GradeFn, passage: Passage, answers: Sequence[str]) -> l
     return list(grade(qs, golds, list(answers)))
 
 
-def baseline_answers(model: Model, tokenizer, passages: Sequence[Passage], cfg: TTTConfig,
+def answer_questions(model: Model, tokenizer, passages: Sequence[Passage], cfg: TTTConfig, lora=None,
                      max_rows: int = 256) -> list[list[str]]:
-    """Greedy answers of the un-adapted model to every passage's questions (once per passage)."""
+    """Greedy answers to every passage's questions, per passage: of the base model (the baseline, computed once
+    per passage) or of the model with one adapter (`lora`)."""
     prompts, owners = [], []
     for i, p in enumerate(passages):
         for ids in _answer_prompt_ids(tokenizer, p):
@@ -94,7 +95,7 @@ def baseline_answers(model: Model, tokenizer, passages: Sequence[Passage], cfg: 
     outs: list[list[int]] = []
     for s in range(0, len(prompts), max_rows):
         outs += generation.generate(model, prompts[s:s + max_rows], max_new_tokens=cfg.answer_max_tokens,
-                                    stop_token_ids=_stop_ids(tokenizer))
+                                    stop_token_ids=_stop_ids(tokenizer), lora=lora)
     texts = _decode_all(tokenizer, outs)
     answers: list[list[str]] = [[] for _ in passages]
     for i, t in zip(owners, texts):
