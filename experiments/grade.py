@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from seal_jax.runs import read_jsonl_strict
+
 REQUIRED = ("question", "gold", "prediction")
 
 
@@ -32,30 +34,12 @@ class InputError(Exception):
 
 def read_rows(path: str) -> list[dict[str, Any]]:
     """The rows of a JSONL file, each checked for the string fields ``question``, ``gold``, ``prediction``."""
-    p = Path(path)
-    if not p.is_file():
+    if not Path(path).is_file():
         raise InputError(f"input file not found: {path}")
-    rows = []
     try:
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}: line {n} is not a JSON object")
-                for key in REQUIRED:
-                    if key not in row:
-                        raise InputError(f"{path}: line {n} lacks the field '{key}'")
-                    if not isinstance(row[key], str):
-                        raise InputError(f"{path}: line {n}: field '{key}' is not a string")
-                rows.append(row)
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason})") from None
-    return rows
+        return read_jsonl_strict(path, {key: str for key in REQUIRED})
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def build_grader(args: argparse.Namespace):

@@ -113,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--sft-lr", type=float, default=3e-4)
     r.add_argument("--sft-epochs", type=int, default=2)
     r.add_argument("--sft-batch-size", type=int, default=10)
+    r.add_argument("--sft-checkpoint-every", type=int, default=50,
+                   help="SFT steps between resumable checkpoints (0 = only at the end)")
     r.add_argument("--keep-ties", choices=["first"], default="first", help="tie-break: the earliest self-edit")
     r.add_argument("--require-improvement", action="store_true",
                    help="drop passages whose best self-edit does not beat the baseline (the original keeps them)")
@@ -427,7 +429,7 @@ def cmd_rest_em(ctx: Context) -> None:
             cfg = sft_lib.SFTConfig(lora=LoraConfig(rank=a.sft_rank, alpha=a.sft_alpha,
                                                     targets=tuple(a.sft_targets.split(","))),
                                     learning_rate=a.sft_lr, epochs=a.sft_epochs, batch_size=a.sft_batch_size,
-                                    seed=a.seed + r, checkpoint_every=1)
+                                    seed=a.seed + r, checkpoint_every=a.sft_checkpoint_every)
             prompts = [ctx.tokenizer.encode(x["prompt"]) for x in sft_rows]
             completions = [ctx.tokenizer.encode(x["completion"], add_bos=False) for x in sft_rows]
             nxt = sft_lib.sft_and_merge(policy, prompts, completions, ctx.tokenizer.eos_token_id, cfg,

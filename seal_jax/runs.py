@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 
 class RunDir:
@@ -68,6 +68,39 @@ def read_jsonl(path: str) -> list[dict]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError:
                     break
+    return rows
+
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
+
+
+def read_jsonl_strict(path: str | os.PathLike, required: Mapping[str, type] | None = None) -> list[dict]:
+    """The objects of a user-supplied JSONL file (blank lines skipped), every line checked: a bad line raises a
+    one-line ``ValueError`` naming the file and its 1-based line number (not UTF-8, not JSON, not an object, a
+    `required` field missing or of another type; ``object`` accepts any value). Compare `read_jsonl`, which reads a
+    run's own append-only logs and forgives a last line cut by a kill."""
+    name = os.fspath(path)
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{name}: line {n} is not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{name}: line {n} is not a JSON object")
+                for key, kind in (required or {}).items():
+                    if key not in row:
+                        raise ValueError(f"{name}: line {n} lacks the field '{key}'")
+                    if not isinstance(row[key], kind):
+                        raise ValueError(f"{name}: line {n}: field '{key}' is not a "
+                                         f"{_TYPE_NAMES.get(kind, kind.__name__)}")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not UTF-8 text ({e.reason})") from None
     return rows
 
 

@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from seal_jax.runs import read_jsonl_strict
+
 __all__ = [
     "EVAL_N_PASSAGES",
     "SHUFFLE_SEED",
@@ -204,20 +206,8 @@ def load_sft_examples(path: str | os.PathLike[str]) -> list[SFTExample]:
 
     Malformed lines raise a one-line ``ValueError`` naming the file and the 1-based line number.
     """
-    name = os.fspath(path)
-    rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{name}: line {lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(record, Mapping):
-            raise ValueError(f"{where}: expected an object with prompt/completion, got {_type_name(record)}")
-        rows.append(SFTExample(_require_str(record, "prompt", where), _require_str(record, "completion", where)))
-    return rows
+    return [SFTExample(r["prompt"], r["completion"])
+            for r in read_jsonl_strict(path, {"prompt": str, "completion": str})]
 
 
 # --------------------------------------------------------------------------------------------------------------- #

@@ -66,6 +66,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from seal_jax.runs import read_jsonl_strict
+
 __all__ = [
     "DEFAULT_PARAMS_PATH",
     "FEATURE_NAMES",
@@ -899,21 +901,9 @@ DEFAULT_HYPERPARAMETERS = {"n_trees": 500, "depth": 3, "learning_rate": 0.05, "l
 
 
 def load_verdicts(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows ``{question, gold, prediction, gpt41_correct}`` of a verdicts JSONL file (blank lines skipped)."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
-            missing = [k for k in VERDICT_FIELDS if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise ValueError(f"{path}: line {n} lacks {', '.join(missing)}")
-            rows.append(row)
-    return rows
+    """Rows ``{question, gold, prediction, gpt41_correct}`` of a verdicts JSONL file (blank lines skipped; a bad line
+    raises a one-line ``ValueError``)."""
+    return read_jsonl_strict(path, {k: object for k in VERDICT_FIELDS})
 
 
 def agreement(grader: Grader, rows: Sequence[Mapping[str, Any]]) -> float:

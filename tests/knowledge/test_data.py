@@ -198,10 +198,12 @@ def test_sft_examples_loading_and_errors(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text('{"prompt": "p1", "completion": "c1"}\n\n{"prompt": "p2", "completion": "c2", "x": 1}\n')
     assert [(r.prompt, r.completion) for r in load_sft_examples(path)] == [("p1", "c1"), ("p2", "c2")]
-    for body, expected in [('{"prompt": "p"}\n', "line 1: missing field 'completion'"),
-                           ('{"prompt": "p", "completion": "c"}\n[1]\n', "line 2: expected an object"),
-                           ('{"prompt": "p", "completion": "c"}\n\n{bad\n', "line 3: invalid JSON")]:
-        path.write_text(body)
+    for body, expected in [('{"prompt": "p"}\n', "line 1 lacks the field 'completion'"),
+                           ('{"prompt": "p", "completion": 3}\n', "line 1: field 'completion' is not a string"),
+                           ('{"prompt": "p", "completion": "c"}\n[1]\n', "line 2 is not a JSON object"),
+                           ('{"prompt": "p", "completion": "c"}\n\n{bad\n', "line 3 is not valid JSON"),
+                           (b'{"prompt": "p\xff"}\n', "not UTF-8 text")]:
+        path.write_bytes(body if isinstance(body, bytes) else body.encode())
         with pytest.raises(ValueError) as err:
             load_sft_examples(path)
         assert "\n" not in str(err.value) and expected in str(err.value)
