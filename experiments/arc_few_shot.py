@@ -58,7 +58,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, append_jsonl, progress, read_jsonl, write_json
+from seal_jax.runs import RunDir, progress, read_jsonl, resume_records, write_json
 
 PROG = "experiments.arc_few_shot"
 PHASES = ("train", "bc", "eval-base", "icl", "oracle", "seal")
@@ -402,14 +402,26 @@ def _failed_sample(sample: dict) -> dict:
     return dict(sample, failed=True, failure=f"unparseable self-edit: {sample['error']}", correct=False)
 
 
+def _task_loop(ctx: Context, phase: str, tasks, work, desc: str, event=None) -> dict[str, dict]:
+    """One evals.jsonl line per task of `phase`, resumable; a `task_done` event (plus `event(row)`'s fields) and one
+    unit of the --stop-after-units budget per finished task."""
+    def on_done(rows, seconds):
+        row = rows[0]
+        ctx.run.event("task_done", phase=phase, task_id=row["task_id"], seconds=row["seconds"],
+                      **(event(row) if event else {}))
+        ctx.tick()
+
+    return resume_records(ctx.run.file(phase, "evals.jsonl"), tasks, key=lambda t: t.task_id, record_key="task_id",
+                          work=lambda part: [work(part[0])], desc=desc, no_progress=ctx.args.no_progress,
+                          on_done=on_done)
+
+
 def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], base_model) -> dict[str, dict]:
     """Every task's self-edits: TTT (one batch per task) + inference + reward; one evals.jsonl line per task."""
     from seal_jax.arc import parse_self_edit
     from seal_jax.arc.ttt import evaluate_configs
-    path = ctx.run.file(phase, "evals.jsonl")
-    done = {r["task_id"]: r for r in read_jsonl(path)}
-    todo = [t for t in tasks if t.task_id not in done]
-    for task in progress(todo, len(todo), f"{phase} TTT", ctx.args.no_progress):
+
+    def work(task):
         t0, c0 = time.perf_counter(), time.process_time()
         recs = samples[task.task_id]
         ok = [r for r in recs if r["config"] is not None]
@@ -418,55 +430,42 @@ def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], b
                                  ctx.adapters(phase)) if configs else []
         by_sample = {r["sample"]: e for r, e in zip(ok, evals)}
         out = [dict(r, **by_sample[r["sample"]]) if r["sample"] in by_sample else _failed_sample(r) for r in recs]
-        seconds = time.perf_counter() - t0
-        row = {"task_id": task.task_id, "samples": out, "n_correct": sum(bool(r["correct"]) for r in out),
-               "seconds": seconds}
-        append_jsonl(path, [row])
-        done[task.task_id] = row
-        ctx.run.event("task_done", phase=phase, task_id=task.task_id, seconds=seconds,
-                      cpu_seconds=time.process_time() - c0, self_edits=len(recs), trained=len(configs),
-                      seconds_per_self_edit=seconds / max(len(configs), 1))
-        ctx.tick()
-    return done
+        return {"task_id": task.task_id, "samples": out, "n_correct": sum(bool(r["correct"]) for r in out),
+                "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                "trained": len(configs)}
+
+    return _task_loop(ctx, phase, tasks, work, f"{phase} TTT", lambda row: {
+        "cpu_seconds": row["cpu_seconds"], "self_edits": len(row["samples"]), "trained": row["trained"],
+        "seconds_per_self_edit": row["seconds"] / max(row["trained"], 1)})
 
 
 def icl_phase(ctx: Context) -> dict[str, dict]:
     """The base model on the augmented leave-one-out prompts with voting, no TTT; one line per task."""
     from seal_jax.arc import inference
-    path = ctx.run.file("icl", "evals.jsonl")
-    done = {r["task_id"]: r for r in read_jsonl(path)}
-    todo = [t for t in ctx.eval_tasks if t.task_id not in done]
-    for task in progress(todo, len(todo), "ICL", ctx.args.no_progress):
+
+    def work(task):
         t0 = time.perf_counter()
         queries = inference.build_task_queries(ctx.tokenizer, task, ctx.inference)
         preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None)[0]
-        row = dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds),
-                   seconds=time.perf_counter() - t0)
-        append_jsonl(path, [row])
-        done[task.task_id] = row
-        ctx.run.event("task_done", phase="icl", task_id=task.task_id, seconds=row["seconds"])
-        ctx.tick()
-    return done
+        return dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds),
+                    seconds=time.perf_counter() - t0)
+
+    return _task_loop(ctx, "icl", ctx.eval_tasks, work, "ICL")
 
 
 def oracle_phase(ctx: Context) -> dict[str, dict]:
     """Every hand-chosen configuration on every evaluation task; a task is solved if any configuration solves it."""
     from seal_jax.arc.ttt import evaluate_configs
-    path = ctx.run.file("oracle", "evals.jsonl")
-    done = {r["task_id"]: r for r in read_jsonl(path)}
-    todo = [t for t in ctx.eval_tasks if t.task_id not in done]
-    for task in progress(todo, len(todo), "oracle TTT", ctx.args.no_progress):
+
+    def work(task):
         t0 = time.perf_counter()
         evals = evaluate_configs(ctx.model, ctx.tokenizer, task, ctx.oracle_configs, ctx.ttt, ctx.inference,
                                  ctx.adapters("oracle"))
-        row = {"task_id": task.task_id, "configs": evals, "correct": any(e["correct"] for e in evals),
-               "seconds": time.perf_counter() - t0}
-        append_jsonl(path, [row])
-        done[task.task_id] = row
-        ctx.run.event("task_done", phase="oracle", task_id=task.task_id, seconds=row["seconds"],
-                      self_edits=len(evals), seconds_per_self_edit=row["seconds"] / len(evals))
-        ctx.tick()
-    return done
+        return {"task_id": task.task_id, "configs": evals, "correct": any(e["correct"] for e in evals),
+                "seconds": time.perf_counter() - t0}
+
+    return _task_loop(ctx, "oracle", ctx.eval_tasks, work, "oracle TTT", lambda row: {
+        "self_edits": len(row["configs"]), "seconds_per_self_edit": row["seconds"] / len(row["configs"])})
 
 
 def _complete(ctx: Context, phase: str, tasks) -> dict[str, dict] | None:

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, append_jsonl, progress, read_jsonl, write_json
+from seal_jax.runs import RunDir, progress, resume_records, write_json
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -255,19 +255,17 @@ def _seed(base: int, *parts) -> int:
 
 
 def baseline_stage(ctx: Context, passages, path: str, model=None) -> dict[int, dict]:
-    """Baseline answers and verdicts, once per passage."""
+    """Baseline answers and verdicts, once per passage (all unanswered passages in one generation call)."""
     from seal_jax.knowledge.ttt import answer_questions, grade_passage
-    done = {r["passage_index"]: r for r in read_jsonl(path)}
-    todo = [i for i in range(len(passages)) if i not in done]
-    if todo:
+
+    def work(todo):
         answers = answer_questions(model or ctx.model, ctx.tokenizer, [passages[i] for i in todo], ctx.ttt)
-        rows = [{"passage_index": i, "answers": a, "correct": grade_passage(ctx.grade, passages[i], a)}
+        return [{"passage_index": i, "answers": a, "correct": grade_passage(ctx.grade, passages[i], a)}
                 for i, a in zip(todo, answers)]
-        if is_main():
-            append_jsonl(path, rows)
-        done.update({r["passage_index"]: r for r in rows})
-        ctx.run.event("baseline", path=path, passages=len(rows))
-    return done
+
+    return resume_records(path, range(len(passages)), key=lambda i: i, record_key="passage_index", work=work,
+                          chunk=max(len(passages), 1), no_progress=True, write=is_main(),
+                          on_done=lambda rows, _: ctx.run.event("baseline", path=path, passages=len(rows)))
 
 
 def jobs_for(passages, k: int, reps: int):
@@ -285,18 +283,17 @@ def jobs_for(passages, k: int, reps: int):
 def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT") -> list[dict]:
     """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest trained in batches."""
     from seal_jax.knowledge.ttt import evaluate_jobs
-    done = {r["key"]: r for r in read_jsonl(path)}
-    todo = [j for j in jobs if j.key not in done]
-    K = ctx.ttt.adapters_per_batch
-    for s in progress(range(0, len(todo), K), -(-len(todo) // K), desc, ctx.args.no_progress):
-        t0 = time.perf_counter()
-        recs = evaluate_jobs(model or ctx.model, ctx.tokenizer, passages, todo[s:s + K], ctx.ttt, ctx.grade,
+
+    def work(batch):
+        return evaluate_jobs(model or ctx.model, ctx.tokenizer, passages, batch, ctx.ttt, ctx.grade,
                              seed=ctx.args.seed, mesh=ctx.mesh)
-        if is_main():
-            append_jsonl(path, recs)
-        done.update({r["key"]: r for r in recs})
-        ctx.run.event("ttt_batch", jobs=len(recs), seconds=time.perf_counter() - t0,
-                      seconds_per_self_edit=(time.perf_counter() - t0) / max(len(recs), 1))
+
+    def on_done(recs, seconds):
+        ctx.run.event("ttt_batch", jobs=len(recs), seconds=seconds, seconds_per_self_edit=seconds / max(len(recs), 1))
+
+    done = resume_records(path, jobs, key=lambda j: j.key, record_key="key", work=work,
+                          chunk=ctx.ttt.adapters_per_batch, desc=desc, no_progress=ctx.args.no_progress,
+                          write=is_main(), on_done=on_done)
     return [done[j.key] for j in jobs]
 
 

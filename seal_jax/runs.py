@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 
 class RunDir:
@@ -116,3 +116,26 @@ def progress(iterable, total: int, desc: str, disabled: bool = False):
     """A tqdm progress bar (on stderr)."""
     from tqdm import tqdm
     return tqdm(iterable, total=total, desc=desc, disable=disabled, leave=False)
+
+
+def resume_records(path: str, items: Sequence, *, key: Callable[[Any], str], record_key: str,
+                   work: Callable[[list], list[dict]], chunk: int = 1, desc: str = "", no_progress: bool = False,
+                   write: bool = True, on_done: Callable[[list[dict], float], None] | None = None) -> dict[str, dict]:
+    """The resumable per-item loop of every experiment stage: records already in the JSONL file `path` (matched by
+    ``record[record_key] == key(item)``) are read back; the other items go through ``work`` `chunk` at a time (one
+    call per chunk, returning one record per item) and each chunk's records are appended (fsynced) as soon as they
+    exist, so a killed run loses at most the chunk in flight. ``on_done(records, seconds)`` runs after each append
+    (events, work budgets). ``write=False`` (non-writing processes of a multi-host run) computes without appending.
+    Returns every record by key."""
+    done = {r[record_key]: r for r in read_jsonl(path)}
+    todo = [x for x in items if key(x) not in done]
+    chunks = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+    for part in progress(chunks, len(chunks), desc, no_progress):
+        t0 = time.perf_counter()
+        records = work(part)
+        if write:
+            append_jsonl(path, records)
+        done.update({r[record_key]: r for r in records})
+        if on_done is not None:
+            on_done(records, time.perf_counter() - t0)
+    return done
