@@ -275,8 +275,7 @@ def load_context(args) -> Context:
     from seal_jax.lora import LoraConfig
     from seal_jax.tokenizer import CHAT_TEMPLATES, Tokenizer
 
-    config = {k: v for k, v in vars(args).items() if k not in _RESUME_FREE}
-    run = RunDir(args.out, config)
+    run = RunDir(args.out, vars(args), resume_free=_RESUME_FREE)
     train_tasks, eval_tasks = load_tasks(args)
     tokenizer = Tokenizer.from_dir(args.tokenizer or args.model)
     if tokenizer.token_to_id("<|start_header_id|>") is not None:
@@ -670,10 +669,7 @@ def write_results(ctx: Context) -> dict:
                 v = out["phases"][key]["per_task"][t.task_id]
                 cells.append(("yes" if v else "no") if isinstance(v, bool) else f"{v['n_correct']}/{v['n']}")
             lines.append(f"| {t.task_id} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    with open(ctx.run.file("summary.md"), "w") as f:
-        f.write(text)
-    print(text)
+    ctx.run.write_summary("\n".join(lines) + "\n")
     return out
 
 

@@ -164,7 +164,7 @@ def load_context(args) -> Context:
     if args.distributed:
         from seal_jax import distributed
         distributed.initialize()
-    run = RunDir(args.out, {k: v for k, v in vars(args).items()})
+    run = RunDir(args.out, vars(args), resume_free=("no_progress", "out", "sft_checkpoint_every"))
     tokenizer = Tokenizer.from_dir(args.tokenizer or args.model)
     if args.model:
         model = seal_jax.load_pretrained(args.model, dtype=args.dtype)
@@ -331,12 +331,7 @@ def summary_row(name: str, results: dict, which: str) -> dict:
 
 def write_summary(ctx: Context, title: str, rows: list[dict], extra: str = "") -> str:
     from seal_jax.knowledge.report import markdown_table
-    text = f"# {title}\n\n{markdown_table(rows)}\n{extra}"
-    if is_main():
-        with open(ctx.run.file("summary.md"), "w") as f:
-            f.write(text)
-    print(text)
-    return text
+    return ctx.run.write_summary(f"# {title}\n\n{markdown_table(rows)}\n{extra}", write=is_main())
 
 
 # ------------------------------------------------------------------------------------------------ commands

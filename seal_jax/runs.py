@@ -10,23 +10,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 class RunDir:
-    """config.json, an append-only events.jsonl and the stage files; refuses a directory of another config."""
+    """config.json, an append-only events.jsonl and the stage files; refuses a directory of another config.
+    `resume_free` names config keys that may change between a run and its resumption (they do not change results:
+    progress bars, the output folder, checkpoint cadence, work budgets)."""
 
-    IGNORED = {"no_progress", "out"}
-
-    def __init__(self, path: str, config: dict):
+    def __init__(self, path: str, config: dict, resume_free: Iterable[str] = ("no_progress", "out")):
         self.path = path
+        self.resume_free = frozenset(resume_free)
         os.makedirs(path, exist_ok=True)
         cfg_path = os.path.join(path, "config.json")
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 old = json.load(f)
             for k, v in config.items():
-                if k not in self.IGNORED and k in old and old[k] != v:
+                if k not in self.resume_free and k in old and old[k] != v:
                     raise SystemExit(f"error: {path} holds a run with {k}={old[k]!r} (asked {v!r}); "
                                      f"use another --out")
         write_json(cfg_path, config)
@@ -41,6 +42,15 @@ class RunDir:
         p = os.path.join(self.path, *parts)
         os.makedirs(p, exist_ok=True)
         return p
+
+    def write_summary(self, text: str, write: bool = True) -> str:
+        """Print the run's human-readable summary and (unless `write` is false: a non-writing process) store it as
+        summary.md."""
+        if write:
+            with open(self.file("summary.md"), "w") as f:
+                f.write(text)
+        print(text)
+        return text
 
     def event(self, kind: str, **data) -> None:
         with open(self.file("events.jsonl"), "a") as f:
