@@ -195,6 +195,17 @@ _STOP_TOKENS = ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>", "<|endoftext|>", 
 
 # Files any one of which makes a directory loadable by AutoTokenizer.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+_GENERIC_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
+
+
+def _saved_class(path: Path) -> str | None:
+    """The ``tokenizer_class`` recorded in the directory's tokenizer_config.json (None when absent or unreadable)."""
+    try:
+        with open(path / "tokenizer_config.json", encoding="utf-8") as f:
+            cls = json.load(f).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cls if isinstance(cls, str) else None
 
 # Pre-tokenizer regexes, as used by the tiktoken encoders of the two families (Llama-3 groups digits by three, Qwen
 # splits every digit).
@@ -259,7 +270,14 @@ class Tokenizer:
             raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {p}")
         template = _resolve_chat_template(chat_template)
         try:
-            hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
+            if _saved_class(p) in _GENERIC_CLASSES and (p / "tokenizer.json").is_file():
+                # A generic fast tokenizer (ours, Llama-3's): load exactly what tokenizer.json says. transformers 5's
+                # AutoTokenizer would pick the class from a model config.json beside it (qwen2 -> Qwen2Tokenizer),
+                # whose own pre-tokenizer then replaces the saved one (digits split one by one, for instance).
+                from transformers import PreTrainedTokenizerFast
+                hf = PreTrainedTokenizerFast.from_pretrained(str(p), local_files_only=True)
+            else:
+                hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(f"could not load a tokenizer from {p}: {first_line}") from e

