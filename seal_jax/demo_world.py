@@ -2,8 +2,8 @@
 those facts in many phrasings, questions with gold answers, and "implications" self-edits of mixed quality.
 
     world = build_world(seed=0)
-    world.known          # entities the demo model is pretrained on (passages, QA, implications)
-    world.copy_only      # entities that appear only inside implications examples (teaches copying, not recall)
+    world.known          # entities the demo model is pretrained on (passages, statements, QA)
+    fresh_entities(world, n, rng)   # throw-away entities for passage -> implications examples (drawn every epoch)
     world.new_train      # NEW entities: ReST-EM training passages (SEAL format via `to_passages`)
     world.new_eval       # NEW entities: held-out evaluation passages
     python -m seal_jax.demo_world --seed 0 --out DIR    # writes DIR/{train,eval,known}.json (SEAL format)
@@ -12,10 +12,14 @@ Everything is drawn from one `random.Random(seed)` in a fixed order over lists (
 same seed gives the same world on every machine and Python version.
 
 The world is built so that the known science of knowledge incorporation can show up in a model of a few million
-parameters: a passage states an entity's facts once, mostly through pronouns after the first sentence ("She worked
-as ..."), while the questions ask about the named entity ("What was Velmora Quist's profession?"). Good implications
-restate every fact as its own sentence with the full name; partial ones restate some facts; poor ones are on-topic
-filler without facts. The pretraining corpus mixes the three, so the model's own self-edits vary in quality.
+parameters: a passage states an entity's facts once, in one of several phrasings and mostly through pronouns after the
+first sentence ("She earned a living as ..."), while the questions ask about the named entity ("What was Velmora
+Quist's profession?"). Every fact also has one *canonical statement*, the full name + a fixed verb phrase + the value
+("Velmora Quist worked as a weaver."). The demo model answers a question with that statement (it is pretrained on
+QA in this form). Implications (the self-edit) restate facts one per line with the full name, in the passage's own
+words ("He arrived in the world in 1940" -> "Velmora Quist arrived in the world in 1940."), so writing them is copying,
+not recalling; their quality is how many of the passage's facts they restate (0-5, the rest is on-topic filler). The
+pretraining corpus mixes all qualities, so the model's own self-edits vary in quality.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ from typing import Sequence
 from seal_jax.knowledge.data import Passage, Question, save_passages
 from seal_jax.knowledge.prompts import format_answer_prompt, format_self_edit_prompt
 
-__all__ = ["Entity", "World", "build_world", "passage_text", "restatement", "implications", "filler_line",
-           "question_for", "qa_pairs", "to_passages", "ATTRIBUTES", "IMPLICATION_QUALITIES"]
+__all__ = ["Entity", "World", "build_world", "passage_text", "passage_with_notes", "passages_with_notes",
+           "restatement", "implications", "is_filler", "filler_line",
+           "question_for", "qa_pairs", "to_passages", "statement", "fresh_entities", "ATTRIBUTES",
+           "IMPLICATION_QUALITIES"]
 
 # ----------------------------------------------------------------------------------------------- vocabulary
 _ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kr", "l", "m", "n", "p", "r", "s", "st", "t", "tr", "v",
@@ -53,7 +59,7 @@ ATTRIBUTES = {
     "person": ("city", "year", "profession", "employer", "colour"),
     "company": ("city", "year", "product", "founder", "colour"),
 }
-IMPLICATION_QUALITIES = ("good", "partial", "poor")
+IMPLICATION_QUALITIES = (0, 1, 2, 3, 4, 5)  # facts restated (of 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +83,12 @@ class World:
     cities: list[str]
     companies: list[str]
     known: list[Entity]
-    copy_only: list[Entity]
     new_train: list[Entity]
     new_eval: list[Entity]
+    first_names: list[str]
+    surnames: list[str]
+    stems: list[str]
+    names: frozenset[str]  # every entity name above (fresh entities never reuse one)
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -102,9 +111,37 @@ def _unique(rng: random.Random, make, n: int, taken: set[str]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- the world
-def build_world(seed: int = 0, n_known: int = 240, n_copy_only: int = 150, n_new_train: int = 64,
-                n_new_eval: int = 64, n_cities: int = 40, n_companies: int = 30, n_stems: int = 60,
-                n_first_names: int = 80, n_surnames: int = 80, company_fraction: float = 0.2) -> World:
+def _draw_entities(rng: random.Random, n: int, *, cities: Sequence[str], companies: Sequence[str],
+                   first_names: Sequence[str], surnames: Sequence[str], stems: Sequence[str], taken: set[str],
+                   company_fraction: float = 0.2) -> list[Entity]:
+    """`n` entities with names not in `taken` (added to it): about `company_fraction` companies, the rest people."""
+
+    def person_name(r: random.Random) -> str:
+        return f"{r.choice(first_names)} {r.choice(surnames)}"
+
+    def company_name(r: random.Random) -> str:
+        return r.choice(stems) + " " + r.choice(_COMPANY_SUFFIXES)
+
+    out = []
+    for _ in range(n):
+        if rng.random() < company_fraction:
+            name = _unique(rng, company_name, 1, taken)[0]
+            facts = (("city", rng.choice(cities)), ("year", str(rng.randint(1820, 1990))),
+                     ("product", rng.choice(PRODUCTS)), ("founder", person_name(rng)),
+                     ("colour", rng.choice(COLOURS)))
+            out.append(Entity("company", name, facts, "it"))
+        else:
+            name = _unique(rng, person_name, 1, taken)[0]
+            facts = (("city", rng.choice(cities)), ("year", str(rng.randint(1800, 1990))),
+                     ("profession", rng.choice(PROFESSIONS)), ("employer", rng.choice(companies)),
+                     ("colour", rng.choice(COLOURS)))
+            out.append(Entity("person", name, facts, rng.choice(["she", "he"])))
+    return out
+
+
+def build_world(seed: int = 0, n_known: int = 240, n_new_train: int = 64, n_new_eval: int = 64, n_cities: int = 40,
+                n_companies: int = 30, n_stems: int = 60, n_first_names: int = 80, n_surnames: int = 80,
+                company_fraction: float = 0.2) -> World:
     """Draw the world. Entity kinds are mixed (about `company_fraction` companies); all splits share the value pools
     (cities, professions, colours, ...), so only the entity-value pairing of the new entities is new."""
     rng = random.Random(seed)
@@ -120,36 +157,25 @@ def build_world(seed: int = 0, n_known: int = 240, n_copy_only: int = 150, n_new
     first_names = _unique(rng, lambda r: _word(r, 2), n_first_names, taken)
     surnames = _unique(rng, lambda r: _word(r, r.choice([1, 2])), n_surnames, taken)
     companies = _unique(rng, lambda r: r.choice(stems) + " " + r.choice(_COMPANY_SUFFIXES), n_companies, taken)
-
-    def person_name(r: random.Random) -> str:
-        return f"{r.choice(first_names)} {r.choice(surnames)}"
-
-    def company_name(r: random.Random) -> str:
-        return r.choice(stems) + " " + r.choice(_COMPANY_SUFFIXES)
+    pools = dict(cities=cities, companies=companies, first_names=first_names, surnames=surnames, stems=stems)
 
     def draw(n: int) -> list[Entity]:
-        out = []
-        for _ in range(n):
-            if rng.random() < company_fraction:
-                name = _unique(rng, company_name, 1, taken)[0]
-                facts = (("city", rng.choice(cities)), ("year", str(rng.randint(1820, 1990))),
-                         ("product", rng.choice(PRODUCTS)), ("founder", person_name(rng)),
-                         ("colour", rng.choice(COLOURS)))
-                out.append(Entity("company", name, facts, "it"))
-            else:
-                name = _unique(rng, person_name, 1, taken)[0]
-                facts = (("city", rng.choice(cities)), ("year", str(rng.randint(1800, 1990))),
-                         ("profession", rng.choice(PROFESSIONS)), ("employer", rng.choice(companies)),
-                         ("colour", rng.choice(COLOURS)))
-                out.append(Entity("person", name, facts, rng.choice(["she", "he"])))
-        return out
+        return _draw_entities(rng, n, taken=taken, company_fraction=company_fraction, **pools)
 
     # The NEW entities are drawn first, so the SEAL splits do not change with the size of the pretraining world.
     new_eval = draw(n_new_eval)
     new_train = draw(n_new_train)
     known = draw(n_known)
-    copy_only = draw(n_copy_only)
-    return World(seed, cities, companies, known, copy_only, new_train, new_eval)
+    names = frozenset(e.name for e in new_eval + new_train + known)
+    return World(seed, cities, companies, known, new_train, new_eval, first_names, surnames, stems, names)
+
+
+def fresh_entities(world: World, n: int, rng: random.Random) -> list[Entity]:
+    """`n` throw-away entities from the world's pools whose names are none of the world's entities (nor each other):
+    drawn anew for every pretraining epoch, so passage -> implications examples can only be learned by copying the
+    facts out of the passage, never by recalling them."""
+    return _draw_entities(rng, n, taken=set(world.names), cities=world.cities, companies=world.companies,
+                          first_names=world.first_names, surnames=world.surnames, stems=world.stems)
 
 
 # ----------------------------------------------------------------------------------------------- language
@@ -170,8 +196,14 @@ _COMPANY_VP = {
     "year": ["was founded in {v}", "was established in {v}", "opened its doors in {v}"],
     "product": ["makes {v}", "is known for its {v}", "produces {v}", "sells {v}"],
     "founder": ["was founded by {v}", "was started by {v}", "owes its existence to {v}"],
-    "colour": ["uses {v} as its colour", "paints its logo {v}", "has a {v} logo"],
+    "colour": ["uses the colour {v}", "paints its logo {v}", "has a {v} logo"],
 }
+# The canonical statement of each attribute (one fixed verb phrase, the value last): what implications list and what
+# the demo model answers a question with. Each is also one of the passage phrasings above.
+_PERSON_CANON = {"city": "was born in {v}", "year": "was born in the year {v}", "profession": "worked as {a}",
+                 "employer": "worked for {v}", "colour": "loved the colour {v}"}
+_COMPANY_CANON = {"city": "is based in {v}", "year": "was founded in {v}", "product": "makes {v}",
+                  "founder": "was founded by {v}", "colour": "uses the colour {v}"}
 # Possessive statements ("Her favourite colour was teal."), used for variety in passages and restatements.
 _PERSON_POSS = {"colour": ["{P} favourite colour was {v}"], "profession": ["{P} profession was {v}"],
                 "employer": ["{P} employer was {v}"], "city": ["{P} birthplace was {v}"],
@@ -180,6 +212,10 @@ _COMPANY_POSS = {"colour": ["{P} logo is {v}"], "city": ["{P} headquarters are i
                  "product": ["{P} main product is {v}"], "founder": ["{P} founder was {v}"],
                  "year": ["{P} founding year was {v}"]}
 _POSSESSIVE = {"she": "Her", "he": "His", "it": "Its"}
+
+
+def _genitive(name: str) -> str:
+    return name + ("'" if name.endswith("s") else "'s")
 
 _QUESTIONS = {
     "person": {
@@ -221,17 +257,20 @@ def restatement(e: Entity, attr: str, rng: random.Random) -> str:
     """One fact as a standalone sentence with the full name as subject (a good implication line)."""
     table = _PERSON_POSS if e.kind == "person" else _COMPANY_POSS
     if attr in table and rng.random() < 0.25:
-        return _poss(e, attr, rng, f"{e.name}'s") + "."
+        return _poss(e, attr, rng, _genitive(e.name)) + "."
     return f"{e.name} {_vp(e, attr, rng)}."
 
 
-def passage_text(e: Entity, rng: random.Random) -> str:
-    """A passage stating every fact once, in a random order and phrasing: the first sentence names the entity, later
-    ones mostly refer to it by pronoun; clauses are sometimes joined with "and"."""
+def passage_with_notes(e: Entity, rng: random.Random) -> tuple[str, dict[str, str]]:
+    """A passage stating every fact once, in a random order and phrasing (the first sentence names the entity, later
+    ones mostly refer to it by pronoun; clauses are sometimes joined with "and"), and, per attribute, the note that
+    restates the passage's own wording of that fact as a sentence with the full name ("He arrived in the world in
+    1940" -> "Jicast Thoust arrived in the world in 1940."): what a good implication line looks like."""
     attrs = list(e.attributes)
     rng.shuffle(attrs)
     pron = e.pronoun.capitalize()
     sentences: list[str] = []
+    notes: dict[str, str] = {}
     i = 0
     while i < len(attrs):
         first = not sentences
@@ -242,53 +281,80 @@ def passage_text(e: Entity, rng: random.Random) -> str:
         take = 2 if (i + 1 < len(attrs) and rng.random() < 0.45) else 1
         chunk = attrs[i:i + take]
         if take == 1 and not first and rng.random() < 0.3:
-            sentences.append(_poss(e, chunk[0], rng, _POSSESSIVE[e.pronoun]) + ".")
+            template = rng.choice((_PERSON_POSS if e.kind == "person" else _COMPANY_POSS)[chunk[0]])
+            value = e.fact(chunk[0])
+            sentences.append(template.format(P=_POSSESSIVE[e.pronoun], v=value) + ".")
+            notes[chunk[0]] = template.format(P=_genitive(e.name), v=value) + "."
         else:
-            sentences.append(f"{subject} " + " and ".join(_vp(e, a, rng) for a in chunk) + ".")
+            vps = [_vp(e, a, rng) for a in chunk]
+            sentences.append(f"{subject} " + " and ".join(vps) + ".")
+            notes.update({a: f"{e.name} {vp}." for a, vp in zip(chunk, vps)})
         i += take
     if rng.random() < 0.3:
         sentences.insert(0, rng.choice(["This is a short record.", "Here is a brief account.",
                                         "The archive keeps a note on this.", "A short profile follows."]))
-    return " ".join(sentences)
+    return " ".join(sentences), notes
+
+
+def passage_text(e: Entity, rng: random.Random) -> str:
+    """The passage of `passage_with_notes`."""
+    return passage_with_notes(e, rng)[0]
 
 
 def filler_line(e: Entity, rng: random.Random) -> str:
     return rng.choice(_FILLER).format(n=e.name)
 
 
-def implications(e: Entity, quality: str, rng: random.Random) -> str:
-    """A self-edit completion: one line per attribute. good = every fact restated with the full name; partial = two
-    facts restated, the rest filler; poor = filler only (on topic, no facts)."""
-    attrs = list(e.attributes)
-    rng.shuffle(attrs)
-    n_facts = {"good": len(attrs), "partial": 2, "poor": 0}[quality]
-    facts = attrs[:n_facts]
-    lines = [restatement(e, a, rng) for a in facts]
+def statement(e: Entity, attr: str) -> str:
+    """The canonical statement of one fact: full name, the attribute's fixed verb phrase, the value last."""
+    table = _PERSON_CANON if e.kind == "person" else _COMPANY_CANON
+    v = e.fact(attr)
+    return f"{e.name} " + table[attr].format(v=v, a=_article(v)) + "."
+
+
+def implications(e: Entity, notes: dict[str, str], quality: int, rng: random.Random) -> str:
+    """A self-edit completion of five lines: `quality` (0-5) randomly chosen facts as their `notes` (from
+    `passage_with_notes`: the passage's own wording with the full name), in passage order, and on-topic filler
+    lines without facts at random places in between."""
+    if not 0 <= quality <= len(notes):
+        raise ValueError(f"implications quality must be 0..{len(notes)} facts, got {quality!r}")
+    chosen = set(rng.sample(list(notes), quality))
+    lines = [n for a, n in notes.items() if a in chosen]
     fill = list(_FILLER)
     rng.shuffle(fill)
-    lines += [f.format(n=e.name) for f in fill[:len(attrs) - n_facts]]
-    if quality == "partial":
-        rng.shuffle(lines)
+    for f in fill[:len(notes) - quality]:
+        lines.insert(rng.randint(0, len(lines)), f.format(n=e.name))
     return "\n".join(lines)
 
 
+def is_filler(e: Entity, line: str) -> bool:
+    """Whether `line` is one of the on-topic filler lines about `e` (no fact)."""
+    return line.strip().replace(e.name, "{n}") in _FILLER
+
+
 def question_for(e: Entity, attr: str, rng: random.Random) -> str:
-    return rng.choice(_QUESTIONS[e.kind][attr]).format(n=e.name)
+    return rng.choice(_QUESTIONS[e.kind][attr]).format(n=e.name).replace(f"{e.name}'s", _genitive(e.name))
 
 
 def qa_pairs(e: Entity, rng: random.Random) -> list[tuple[str, str]]:
     return [(question_for(e, a, rng), v) for a, v in e.facts]
 
 
-def to_passages(entities: Sequence[Entity], seed: int, salt: str) -> list[Passage]:
-    """SEAL-format passages (one passage and one question per attribute each), deterministic in (seed, salt)."""
+def passages_with_notes(entities: Sequence[Entity], seed: int, salt: str) -> list[tuple[Passage, dict[str, str]]]:
+    """SEAL-format passages (one passage and one question per attribute each), deterministic in (seed, salt), each
+    with the notes of `passage_with_notes` (what good implications of that exact passage would say)."""
     rng = random.Random(f"{seed}:{salt}")
     out = []
     for e in entities:
-        ctx = passage_text(e, rng)
+        ctx, notes = passage_with_notes(e, rng)
         qs = tuple(Question(q, a) for q, a in qa_pairs(e, rng))
-        out.append(Passage(title=e.name, context=ctx, questions=qs))
+        out.append((Passage(title=e.name, context=ctx, questions=qs), notes))
     return out
+
+
+def to_passages(entities: Sequence[Entity], seed: int, salt: str) -> list[Passage]:
+    """The passages of `passages_with_notes`."""
+    return [p for p, _ in passages_with_notes(entities, seed, salt)]
 
 
 # ----------------------------------------------------------------------------------------------- pretraining corpus
@@ -303,16 +369,26 @@ def _count(rng: random.Random, expected: float) -> int:
     return whole + (rng.random() < expected - whole)
 
 
-def pretraining_documents(world: World, passages_per_entity: float = 2, restatements_per_fact: float = 2,
-                          qa_per_fact: float = 0.35, implications_per_entity: float = 0.5,
-                          implications_per_copy_entity: float = 1, qa_fraction: float = 0.75,
-                          quality_weights: Sequence[float] = (1.0, 1.0, 1.0), epoch: int = 0) -> list[dict]:
+def pretraining_documents(world: World, passages_per_entity: float = 1, statements_per_fact: float = 1,
+                          restatements_per_fact: float = 0.5, qa_per_fact: float = 0.5, n_implications: int = 150,
+                          n_notes: int = 0, qa_fraction: float = 0.75, quality_weights: Sequence[float] = (1, 1, 1, 1, 1, 1),
+                          epoch: int = 0) -> list[dict]:
     """One epoch of pretraining documents (a fresh draw of phrasings per `epoch`): dicts {"kind", "text"} where
-    "text" is the full training text (no eos). Kinds: passage ("{title}\\n{passage}", as TTT sees it),
-    fact ("{title}\\n{restatement}"), qa (the exact answer prompt + gold answer; only for `qa_entities`),
-    implications (the exact self-edit prompt + a completion of drawn quality). Fractional counts are expected
-    counts per epoch. QA is kept rare next to the statements on purpose: the cheapest way for the model to answer is
-    then to look up what it read, not to memorise each question."""
+    "text" is the full training text (no eos). Fractional counts are expected counts per epoch. Kinds:
+
+    * passage: "{title}\n{passage}" (the layout TTT trains on) about a known entity, phrasings drawn afresh;
+    * fact: "{title}\n{statement}", the canonical statement of one fact (`statements_per_fact`) or another phrasing
+      of it (`restatements_per_fact`);
+    * qa: the exact answer prompt + the canonical statement of the asked fact, for `qa_entities` only (the other
+      known entities measure whether a question retrieves facts the model only read);
+    * implications (`n_implications` per epoch): the exact self-edit prompt about a *fresh* entity (`fresh_entities`, new every epoch) + a
+      completion restating 0-5 of its facts in the passage's own words with the full name (`implications`), drawn
+      with `quality_weights` (over 0, 1, ..., 5 facts);
+    * notes (`n_notes` per epoch): "{title}\\n{passage}\\n\\n" + every fact's note, about another fresh entity: the
+      same copying as good implications, without the instruction (a denser copying signal per token)."""
+    if len(quality_weights) != len(IMPLICATION_QUALITIES):
+        raise ValueError(f"quality_weights needs {len(IMPLICATION_QUALITIES)} weights (0..5 facts), "
+                         f"got {len(quality_weights)}")
     rng = random.Random(f"{world.seed}:pretrain:{epoch}")
     docs: list[dict] = []
     with_qa = {e.name for e in qa_entities(world, qa_fraction)}
@@ -320,25 +396,25 @@ def pretraining_documents(world: World, passages_per_entity: float = 2, restatem
         for _ in range(_count(rng, passages_per_entity)):
             docs.append({"kind": "passage", "text": f"{e.name}\n{passage_text(e, rng)}"})
         for a in e.attributes:
+            for _ in range(_count(rng, statements_per_fact)):
+                docs.append({"kind": "fact", "text": f"{e.name}\n{statement(e, a)}"})
             for _ in range(_count(rng, restatements_per_fact)):
                 docs.append({"kind": "fact", "text": f"{e.name}\n{restatement(e, a, rng)}"})
             if e.name in with_qa:
                 for _ in range(_count(rng, qa_per_fact)):
                     docs.append({"kind": "qa", "text": format_answer_prompt(e.name, question_for(e, a, rng))
-                                 + e.fact(a)})
-        for _ in range(_count(rng, implications_per_entity)):
-            docs.append({"kind": "implications", "text": _implication_doc(e, rng, quality_weights)})
-    for e in world.copy_only:
-        for _ in range(_count(rng, implications_per_copy_entity)):
-            docs.append({"kind": "implications", "text": _implication_doc(e, rng, quality_weights)})
+                                 + statement(e, a)})
+    for e in fresh_entities(world, n_implications, rng):
+        ctx, notes = passage_with_notes(e, rng)
+        p = Passage(title=e.name, context=ctx, questions=())
+        quality = rng.choices(IMPLICATION_QUALITIES, weights=quality_weights)[0]
+        docs.append({"kind": "implications",
+                     "text": format_self_edit_prompt(p, "implications") + implications(e, notes, quality, rng)})
+    for e in fresh_entities(world, n_notes, rng):
+        ctx, notes = passage_with_notes(e, rng)
+        docs.append({"kind": "notes", "text": f"{e.name}\n{ctx}\n\n" + "\n".join(notes.values())})
     rng.shuffle(docs)
     return docs
-
-
-def _implication_doc(e: Entity, rng: random.Random, weights: Sequence[float]) -> str:
-    p = Passage(title=e.name, context=passage_text(e, rng), questions=())
-    quality = rng.choices(IMPLICATION_QUALITIES, weights=weights)[0]
-    return format_self_edit_prompt(p, "implications") + implications(e, quality, rng)
 
 
 def tokenizer_corpus(world: World) -> list[str]:
@@ -366,7 +442,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     world = build_world(args.seed)
     paths = write_seal_files(world, args.out)
-    print(json.dumps({"entities": {"known": len(world.known), "copy_only": len(world.copy_only),
+    print(json.dumps({"entities": {"known": len(world.known),
                                    "new_train": len(world.new_train), "new_eval": len(world.new_eval)},
                       "files": paths}, indent=1))
     if args.show:
