@@ -11,7 +11,7 @@ import numpy as np
 
 import seal_jax
 from seal_jax import distributed, inner_loop as il
-from seal_jax.lora import Lora, LoraConfig, init_lora
+from seal_jax.lora import LoraConfig, init_lora
 
 MESHES = [(8, 1), (4, 2), (2, 4), (1, 8)]
 

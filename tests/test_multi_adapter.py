@@ -1,7 +1,6 @@
 """Multi-adapter generation: one batched call, each row its own adapter, equals per-adapter calls token for token."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

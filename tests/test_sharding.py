@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from seal_jax.sharding import PARAM_AXES, logical_to_spec, make_mesh

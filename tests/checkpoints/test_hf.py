@@ -11,7 +11,6 @@ from safetensors.numpy import load_file, save_file
 
 import seal_jax
 from seal_jax.checkpoints.hf import CheckpointError, to_hf_tensors
-from tests.conftest import build_hf_model
 
 
 def _tokens(vocab, shape=(2, 40), seed=0):
