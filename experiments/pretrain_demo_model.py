@@ -10,7 +10,8 @@ The corpus (a fresh draw of phrasings every epoch, from the world's seed and the
     rest measure whether a question retrieves facts the model only read);
   * passage -> implications examples in the exact self-edit prompt format about fresh entities drawn anew every
     epoch (so the model learns to copy facts out of the passage, not to recall them), of mixed quality: 0-5 of the
-    passage's facts, one per line, in the passage's own words with the full name; the other lines filler.
+    passage's facts, one per line, in the passage's own words with the full name; the other lines filler;
+  * passage -> notes documents about other fresh entities (the same copying, every fact, without the prompt).
 Documents end with eos and are packed (first fit, in shuffled order) into rows of --seq-len tokens; attention never
 crosses documents. AdamW with warm-up and cosine decay, full parameters, float32.
 
@@ -137,7 +138,7 @@ def matches(gold: str, prediction: str) -> bool:
 def probe(model, tok, world, args, rng_seed: int) -> dict:
     """Greedy QA accuracy (`matches`) on known entities with / without QA in the corpus and on NEW entities (no TTT:
     should be near chance), canonical-statement recall for known entities without QA, and the quality of sampled
-    implications for NEW passages (facts restated as canonical statements; lines that state a wrong fact)."""
+    implications for NEW passages (facts restated on a line with the name; non-filler lines with no true value)."""
     from seal_jax import demo_world as dw, generation
     from seal_jax.knowledge.prompts import format_answer_prompt, format_self_edit_prompt
     n = args.probe_n
@@ -160,7 +161,7 @@ def probe(model, tok, world, args, rng_seed: int) -> dict:
     prompts, golds = [], []
     for e in no_qa[:n]:
         for attr, value in e.facts:
-            prompts.append(tok.encode(f"{e.name}\n" + dw.statement(e, attr)[:-len(value) - 2], add_bos=False))
+            prompts.append(tok.encode(f"{e.name}\n" + dw.statement_stem(e, attr), add_bos=False))
             golds.append(value)
     outs = generation.generate(model, prompts, max_new_tokens=8, stop_token_ids=[tok.eos_token_id])
     out["fact_recall_noqa"] = float(np.mean([matches(g, tok.decode(o).strip()) for g, o in zip(golds, outs)]))
@@ -206,8 +207,8 @@ def main(argv=None) -> int:
                       num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads, rope_theta=10000.0,
                       rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=args.tie_embeddings,
                       max_position_embeddings=1024, bos_token_id=None, eos_token_ids=(eos,), pad_token_id=eos)
-    print(f"[pretrain] world seed {args.seed}: {len(world.known)} known, {args.implications} fresh entities per "
-          f"epoch, {len(world.new_train)} + {len(world.new_eval)} new entities; vocab {tok.vocab_size}; "
+    print(f"[pretrain] world seed {args.seed}: {len(world.known)} known, {args.implications + args.notes} fresh "
+          f"entities per epoch, {len(world.new_train)} + {len(world.new_eval)} new entities; vocab {tok.vocab_size}; "
           f"model {cfg.num_params() / 1e6:.2f}M params", flush=True)
 
     model = seal_jax.init_model(cfg, seed=args.seed, dtype="float32")

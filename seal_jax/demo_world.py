@@ -36,7 +36,7 @@ from seal_jax.knowledge.prompts import format_answer_prompt, format_self_edit_pr
 
 __all__ = ["Entity", "World", "build_world", "passage_text", "passage_with_notes", "passages_with_notes",
            "restatement", "implications", "is_filler", "filler_line",
-           "question_for", "qa_pairs", "to_passages", "statement", "fresh_entities", "ATTRIBUTES",
+           "question_for", "qa_pairs", "to_passages", "statement", "statement_stem", "fresh_entities", "ATTRIBUTES",
            "IMPLICATION_QUALITIES"]
 
 # ----------------------------------------------------------------------------------------------- vocabulary
@@ -217,6 +217,7 @@ _POSSESSIVE = {"she": "Her", "he": "His", "it": "Its"}
 def _genitive(name: str) -> str:
     return name + ("'" if name.endswith("s") else "'s")
 
+
 _QUESTIONS = {
     "person": {
         "city": ["Where was {n} born?", "In which city was {n} born?"],
@@ -248,16 +249,16 @@ def _vp(e: Entity, attr: str, rng: random.Random) -> str:
     return rng.choice(table[attr]).format(v=v, a=_article(v))
 
 
-def _poss(e: Entity, attr: str, rng: random.Random, subject: str) -> str:
-    table = _PERSON_POSS if e.kind == "person" else _COMPANY_POSS
-    return rng.choice(table[attr]).format(P=subject, v=e.fact(attr))
+def _poss_template(e: Entity, attr: str, rng: random.Random) -> str:
+    """A possessive phrasing of `attr` with slots {P} (the possessor) and {v} (the value)."""
+    return rng.choice((_PERSON_POSS if e.kind == "person" else _COMPANY_POSS)[attr])
 
 
 def restatement(e: Entity, attr: str, rng: random.Random) -> str:
     """One fact as a standalone sentence with the full name as subject (a good implication line)."""
     table = _PERSON_POSS if e.kind == "person" else _COMPANY_POSS
     if attr in table and rng.random() < 0.25:
-        return _poss(e, attr, rng, _genitive(e.name)) + "."
+        return _poss_template(e, attr, rng).format(P=_genitive(e.name), v=e.fact(attr)) + "."
     return f"{e.name} {_vp(e, attr, rng)}."
 
 
@@ -281,7 +282,7 @@ def passage_with_notes(e: Entity, rng: random.Random) -> tuple[str, dict[str, st
         take = 2 if (i + 1 < len(attrs) and rng.random() < 0.45) else 1
         chunk = attrs[i:i + take]
         if take == 1 and not first and rng.random() < 0.3:
-            template = rng.choice((_PERSON_POSS if e.kind == "person" else _COMPANY_POSS)[chunk[0]])
+            template = _poss_template(e, chunk[0], rng)
             value = e.fact(chunk[0])
             sentences.append(template.format(P=_POSSESSIVE[e.pronoun], v=value) + ".")
             notes[chunk[0]] = template.format(P=_genitive(e.name), v=value) + "."
@@ -310,6 +311,11 @@ def statement(e: Entity, attr: str) -> str:
     table = _PERSON_CANON if e.kind == "person" else _COMPANY_CANON
     v = e.fact(attr)
     return f"{e.name} " + table[attr].format(v=v, a=_article(v)) + "."
+
+
+def statement_stem(e: Entity, attr: str) -> str:
+    """The canonical statement up to (not including) the space before the value: what a recall probe completes."""
+    return statement(e, attr)[:-len(e.fact(attr)) - 2]
 
 
 def implications(e: Entity, notes: dict[str, str], quality: int, rng: random.Random) -> str:
@@ -371,19 +377,19 @@ def _count(rng: random.Random, expected: float) -> int:
 
 def pretraining_documents(world: World, passages_per_entity: float = 1, statements_per_fact: float = 1,
                           restatements_per_fact: float = 0.5, qa_per_fact: float = 0.5, n_implications: int = 150,
-                          n_notes: int = 0, qa_fraction: float = 0.75, quality_weights: Sequence[float] = (1, 1, 1, 1, 1, 1),
-                          epoch: int = 0) -> list[dict]:
+                          n_notes: int = 0, qa_fraction: float = 0.75,
+                          quality_weights: Sequence[float] = (1, 1, 1, 1, 1, 1), epoch: int = 0) -> list[dict]:
     """One epoch of pretraining documents (a fresh draw of phrasings per `epoch`): dicts {"kind", "text"} where
     "text" is the full training text (no eos). Fractional counts are expected counts per epoch. Kinds:
 
-    * passage: "{title}\n{passage}" (the layout TTT trains on) about a known entity, phrasings drawn afresh;
-    * fact: "{title}\n{statement}", the canonical statement of one fact (`statements_per_fact`) or another phrasing
+    * passage: "{title}\\n{passage}" (the layout TTT trains on) about a known entity, phrasings drawn afresh;
+    * fact: "{title}\\n{statement}", the canonical statement of one fact (`statements_per_fact`) or another phrasing
       of it (`restatements_per_fact`);
     * qa: the exact answer prompt + the canonical statement of the asked fact, for `qa_entities` only (the other
       known entities measure whether a question retrieves facts the model only read);
-    * implications (`n_implications` per epoch): the exact self-edit prompt about a *fresh* entity (`fresh_entities`, new every epoch) + a
-      completion restating 0-5 of its facts in the passage's own words with the full name (`implications`), drawn
-      with `quality_weights` (over 0, 1, ..., 5 facts);
+    * implications (`n_implications` per epoch): the exact self-edit prompt about a *fresh* entity
+      (`fresh_entities`, new every epoch) + a completion restating 0-5 of its facts in the passage's own words with
+      the full name (`implications`), drawn with `quality_weights` (over 0, 1, ..., 5 facts);
     * notes (`n_notes` per epoch): "{title}\\n{passage}\\n\\n" + every fact's note, about another fresh entity: the
       same copying as good implications, without the instruction (a denser copying signal per token)."""
     if len(quality_weights) != len(IMPLICATION_QUALITIES):

@@ -207,6 +207,7 @@ def _saved_class(path: Path) -> str | None:
         return None
     return cls if isinstance(cls, str) else None
 
+
 # Pre-tokenizer regexes, as used by the tiktoken encoders of the two families (Llama-3 groups digits by three, Qwen
 # splits every digit).
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"

@@ -50,6 +50,7 @@ def test_canonical_statement_names_the_entity_and_ends_with_the_value(world):
         for attr, value in e.facts:
             s = dw.statement(e, attr)
             assert s.startswith(e.name + " ") and s.endswith(f" {value}.")
+            assert s == f"{dw.statement_stem(e, attr)} {value}."
 
 
 def test_canonical_statements_are_also_passage_phrasings(world):
