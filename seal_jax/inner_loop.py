@@ -12,10 +12,9 @@ loss and its gradient over the adapter axis with the frozen base shared, not cop
 passed its own total, or whose loss or gradient went non-finite, stops updating: its weights and AdamW moments are
 kept as they were, and a non-finite value marks it failed without touching any other adapter.
 
-Optimiser: AdamW exactly as torch's `adamw_torch` / optax.adamw (b1 0.9, b2 0.999, eps 1e-8, decoupled weight decay),
-global-norm clipping per adapter as torch's clip_grad_norm_ (coef = max_norm / (norm + 1e-6), capped at 1), and HF's
-schedules: constant, linear (decay to 0) and cosine, each with optional linear warm-up; step s uses lr(s) for s = 0..
-Loss: mean token cross-entropy over the target tokens of the batch (as HF Trainer for causal LMs).
+Optimiser: `seal_jax.optim.adamw` (torch's AdamW + clip_grad_norm_ + HF's schedules as one optax chain), built per
+adapter from that adapter's hyper-parameter arrays. Loss: mean token cross-entropy over the target tokens of the batch
+(as HF Trainer for causal LMs), computed in token chunks (`seal_jax.losses`), never as full [tokens, V] fp32 logits.
 
 Loss masks (`loss_mode`):
   "all"            every real token is a target (padding is masked);
@@ -37,13 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from seal_jax import optim
 from seal_jax.buckets import batch_bucket, bucket
+from seal_jax.losses import next_token_nll
 from seal_jax.lora import Lora
 from seal_jax.models.model import Model
+from seal_jax.optim import SCHEDULES, lr_at  # noqa: F401  (re-exported: the inner loop's public vocabulary)
 
-SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
 LOSS_MODES = ("all", "completion", "compat_padding")
-ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,8 +258,6 @@ class TrainState:
 jax.tree_util.register_dataclass(TrainState, data_fields=["lora", "opt_state", "step", "failed", "losses",
                                                           "grad_norms"], meta_fields=[])
 
-_ADAM = optax.scale_by_adam(b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS)
-
 
 def init_state(lora: Lora, plan: TrainPlan, mesh=None) -> TrainState:
     """Fresh optimiser state for a batch of K adapters (spread over the mesh's "adapter" axis when given)."""
@@ -268,36 +266,30 @@ def init_state(lora: Lora, plan: TrainPlan, mesh=None) -> TrainState:
         raise ValueError(f"the LoRA batch has {lora.num_adapters} adapters, the plan {K}")
     S = plan.batch_index.shape[1]
     lora = jax.tree.map(jnp.copy, lora)  # training donates its state; the caller's arrays stay valid
-    state = TrainState(lora=lora, opt_state=jax.vmap(_ADAM.init)(lora.weights), step=jnp.zeros((K,), jnp.int32),
-                       failed=jnp.zeros((K,), bool), losses=jnp.full((K, S), jnp.nan, jnp.float32),
-                       grad_norms=jnp.full((K, S), jnp.nan, jnp.float32))
+    state = TrainState(lora=lora, opt_state=jax.vmap(optim.init_state)(lora.weights),
+                       step=jnp.zeros((K,), jnp.int32), failed=jnp.zeros((K,), bool),
+                       losses=jnp.full((K, S), jnp.nan, jnp.float32), grad_norms=jnp.full((K, S), jnp.nan, jnp.float32))
     if mesh is not None:
         from seal_jax.distributed import shard_adapter_tree
         state = shard_adapter_tree(state, mesh)
     return state
 
 
-def lr_at(step, peak, schedule, warmup, total):
-    """HF's schedules with linear warm-up; step, peak, ... are arrays of one adapter (or broadcastable)."""
-    step, warm, tot = (jnp.asarray(x, jnp.float32) for x in (step, warmup, total))
-    warm_factor = step / jnp.maximum(1.0, warm)
-    progress = (step - warm) / jnp.maximum(1.0, tot - warm)
-    linear = jnp.maximum(0.0, (tot - step) / jnp.maximum(1.0, tot - warm))
-    cosine = jnp.maximum(0.0, 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
-    after = jnp.select([schedule == 0, schedule == 1], [jnp.ones_like(step), linear], cosine)
-    return peak * jnp.where(step < warm, warm_factor, after)
-
-
 def token_loss(model: Model, lora_tree, tokens, weights, segment_ids, kv_segment_ids, positions, slot_valid):
     """Mean next-token cross-entropy over target tokens of a batch [Bm, T]; returns (loss, n_targets)."""
-    logits, _ = model.apply(tokens, positions, segment_ids, lora=lora_tree, kv_segment_ids=kv_segment_ids)
-    logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # [Bm, T-1, V]
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]  # [Bm, T-1]
-    # a target must continue the same sequence as the token that predicts it (no predictions across packed segments)
-    same = (segment_ids[:, 1:] == segment_ids[:, :-1]) & (segment_ids[:, 1:] > 0)
+    hidden, _ = model.apply(tokens, positions, segment_ids, lora=lora_tree, kv_segment_ids=kv_segment_ids,
+                            output="hidden")  # [Bm, T, D]
+    nll, same = next_token_nll(hidden, model.head(), tokens, segment_ids)  # [Bm, T-1] each
     w = weights[:, 1:] * same * slot_valid[:, None]
     n = jnp.sum(w)
     return jnp.sum(nll * w) / jnp.maximum(n, 1.0), n
+
+
+def optimizer(hp) -> optax.GradientTransformation:
+    """The chain of one adapter from its hyper-parameter arrays (learning_rate, schedule, warmup_steps,
+    total_steps, max_grad_norm, weight_decay)."""
+    return optim.adamw(optim.hf_schedule(hp["learning_rate"], hp["schedule"], hp["warmup_steps"],
+                                         hp["total_steps"]), hp["max_grad_norm"], hp["weight_decay"])
 
 
 def _adapter_step(model: Model, lora_cfg, weights, opt_state, step, failed, data, hp):
@@ -316,19 +308,15 @@ def _adapter_step(model: Model, lora_cfg, weights, opt_state, step, failed, data
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(weights)
     gnorm = optax.global_norm(grads)
-    clip = hp["max_grad_norm"]
-    coef = jnp.where(clip > 0, jnp.minimum(1.0, clip / (gnorm + 1e-6)), 1.0)
-    grads = jax.tree.map(lambda g: g * coef, grads)
-    updates, new_opt = _ADAM.update(grads, opt_state)
-    lr = lr_at(s, hp["learning_rate"], hp["schedule"], hp["warmup_steps"], hp["total_steps"])
-    new_weights = jax.tree.map(lambda p, u: p - lr * (u + hp["weight_decay"] * p), weights, updates)
+    updates, new_opt = optimizer(hp).update(grads, opt_state, weights)
+    new_weights = optax.apply_updates(weights, updates)
 
     active = (s < hp["total_steps"]) & ~failed
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     apply = active & finite
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-    return (keep(new_weights, weights), keep(new_opt, opt_state), step + apply.astype(jnp.int32),
-            failed | (active & ~finite), jnp.where(active, loss, jnp.nan), jnp.where(active, gnorm, jnp.nan))
+    return (optim.apply_where(apply, new_weights, weights), optim.apply_where(apply, new_opt, opt_state),
+            step + apply.astype(jnp.int32), failed | (active & ~finite), jnp.where(active, loss, jnp.nan),
+            jnp.where(active, gnorm, jnp.nan))
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))

@@ -95,6 +95,26 @@ class Lora:
         return out
 
 
+    def ragged_tree(self, group_ids, group_sizes) -> dict[str, dict[str, Any]]:
+        """The model hook's ragged form for a batch of K adapters over a grouped token stream (see
+        `seal_jax.models.grouped`): a [L, K, in, r], b [L, K, r, out], scale [L, K], and the stream's group_ids /
+        group_sizes [G] repeated per layer ([L, G]) so that the layer scan hands every layer the same groups."""
+        if self.num_adapters is None:
+            raise ValueError("ragged_tree needs a batch of adapters (leading adapter axis)")
+        if self.config.dropout:
+            raise ValueError("LoRA dropout is not supported over a ragged token stream; use the padded inner loop "
+                             "(seal_jax.inner_loop.train) for adapters with dropout")
+        out = {}
+        for name, w in sorted(self.weights.items()):
+            a, b = jnp.swapaxes(w["a"], 0, 1), jnp.swapaxes(w["b"], 0, 1)  # [L, K, ...]
+            L, K = a.shape[:2]
+            out[name] = {"a": a, "b": b, "scale": jnp.full((L, K), self.config.scale, a.dtype),
+                         "group_ids": jnp.broadcast_to(jnp.asarray(group_ids, jnp.int32), (L,) + jnp.shape(group_ids)),
+                         "group_sizes": jnp.broadcast_to(jnp.asarray(group_sizes, jnp.int32),
+                                                         (L,) + jnp.shape(group_sizes))}
+        return out
+
+
 jax.tree_util.register_dataclass(Lora, data_fields=["weights"], meta_fields=["config"])
 
 

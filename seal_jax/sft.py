@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seal_jax import inner_loop as il
+from seal_jax import optim
 from seal_jax.buckets import bucket
 from seal_jax.checkpoints.state import StateCheckpointer
 from seal_jax.lora import ALL_TARGETS, Lora, LoraConfig, init_lora, merge
@@ -101,7 +102,7 @@ def train_sft(model: Model, prompts: Sequence[Sequence[int]], completions: Seque
           "seeds": jnp.int32(cfg.seed)}
 
     lora = init_lora(model.config, cfg.lora, jax.random.PRNGKey(cfg.seed))
-    state = {"weights": lora.weights, "opt": il._ADAM.init(lora.weights), "step": jnp.int32(0),
+    state = {"weights": lora.weights, "opt": optim.init_state(lora.weights), "step": jnp.int32(0),
              "losses": jnp.full((total,), jnp.nan, jnp.float32)}
     iterator = iter(sft_dataset(rows, cfg).to_iter_dataset())
     ckpt = StateCheckpointer(checkpoint_dir) if checkpoint_dir else None

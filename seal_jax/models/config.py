@@ -48,6 +48,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # How a ragged multi-adapter token stream applies LoRA (seal_jax.models.grouped): auto | tiled | ragged_dot.
+    lora_backend: str = "auto"
     remat: bool = False  # rematerialise each layer in the backward pass
 
     def __post_init__(self):
@@ -55,6 +57,8 @@ class ModelConfig:
             raise ConfigError(f"unsupported model family {self.family!r} (supported: qwen2, llama)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.lora_backend not in ("auto", "tiled", "ragged_dot"):
+            raise ConfigError(f"unknown lora_backend {self.lora_backend!r} (auto, tiled or ragged_dot)")
 
     @property
     def architecture(self) -> str:

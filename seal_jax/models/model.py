@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seal_jax.models.config import ModelConfig
-from seal_jax.models.transformer import Transformer
+from seal_jax.models.transformer import Transformer, head_matrix
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -38,10 +38,16 @@ class Model:
     def module(self) -> Transformer:
         return Transformer(self.config, self.dtype)
 
-    def apply(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None, kv_segment_ids=None):
-        """Raw call (inside jit): tokens [B, T] -> (logits float32 [B, T, V], cache)."""
+    def apply(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None, kv_segment_ids=None,
+              output: str = "logits"):
+        """Raw call (inside jit): tokens [B, T] -> (logits float32 [B, T, V], cache); output "last" (logits of
+        the last position [B, 1, V]) or "hidden" (final-normed hidden states [B, T, D]) as `Transformer`."""
         return self.module().apply({"params": self.params}, tokens, positions, segment_ids, lora=lora, cache=cache,
-                                   cache_index=cache_index, kv_segment_ids=kv_segment_ids)
+                                   cache_index=cache_index, kv_segment_ids=kv_segment_ids, output=output)
+
+    def head(self) -> jax.Array:
+        """The output projection [D, V] (the transposed embedding when tied)."""
+        return head_matrix(self.params, self.config)
 
 
 jax.tree_util.register_dataclass(Model, data_fields=["params"], meta_fields=["config"])

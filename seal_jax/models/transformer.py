@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from seal_jax.models.config import ModelConfig
+from seal_jax.models.grouped import grouped_lora
 from seal_jax.models.rope import apply_rope, rope_tables
 
 Array = jax.Array
@@ -37,20 +38,28 @@ def lora_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
             "gate": (d, f), "up": (d, f), "down": (f, d)}
 
 
-def lora_delta(x: Array, lora: dict | None, name: str) -> Array | None:
+def lora_delta(x: Array, lora: dict | None, name: str, backend: str = "auto") -> Array | None:
     """The LoRA update for one projection, or None when `name` has no adapter.
 
-    x: [B, T, in]. lora[name] = {"a": A, "b": B, "scale": s} (this layer's slice) in one of two forms:
+    x: [B, T, in]. lora[name] = {"a": A, "b": B, "scale": s} (this layer's slice) in one of three forms:
       shared  A [in, r],    B [r, out],    s []   one adapter for the whole batch;
       grouped A [G, in, r], B [G, r, out], s [G]  the B rows form G equal consecutive groups, group g uses adapter g
-                                                  (G = B gives every row its own adapter; s = 0 switches one off).
-    Optional "dropout": {"rate": [], "key": PRNG key} applies PEFT's lora_dropout to x before A (training only).
+                                                  (G = B gives every row its own adapter; s = 0 switches one off);
+      ragged  A [K, in, r], B [K, r, out], s [K], plus "group_ids" [G] and "group_sizes" [G]: the B*T tokens,
+              flattened row-major, form consecutive groups of any sizes, group g using adapter group_ids[g]
+              (`seal_jax.models.grouped`; `backend` = the model config's lora_backend).
+    Optional "dropout": {"rate": [], "key": PRNG key} applies PEFT's lora_dropout to x before A (training only;
+    shared and grouped forms).
     Returns [B, T, out] in x's dtype. The adapter math runs in the adapter's dtype (fp32 over a bf16 base).
     """
     if lora is None or name not in lora:
         return None
     m = lora[name]
     a, b, s = m["a"], m["b"], m["scale"]
+    if "group_sizes" in m:
+        Bn, T, d_in = x.shape
+        y = grouped_lora(x.reshape(Bn * T, d_in), a, b, s, m["group_ids"], m["group_sizes"], backend)
+        return y.reshape(Bn, T, -1).astype(x.dtype)
     xa = x.astype(a.dtype)
     if "dropout" in m:
         rate = m["dropout"]["rate"]
@@ -111,7 +120,7 @@ class Attention(nn.Module):
 
         def proj(name, n):
             y = Linear((D, n, Dh), "btd,dnk->btnk", (n, Dh) if bias else None, self.param_dtype, name=name)(x)
-            d = lora_delta(x, lora, name)  # [B, T, n*Dh]
+            d = lora_delta(x, lora, name, cfg.lora_backend)  # [B, T, n*Dh]
             return y if d is None else y + d.reshape(B, T, n, Dh)
 
         q = apply_rope(proj("q", H), cos, sin)  # [B, T, H, Dh]
@@ -147,7 +156,7 @@ class Attention(nn.Module):
         out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(B, T, H, Dh)  # [B, T, H, Dh]
 
         y = Linear((H, Dh, D), "bthk,hkd->btd", None, self.param_dtype, name="o")(out)  # [B, T, D]
-        d = lora_delta(out.reshape(B, T, H * Dh), lora, "o")
+        d = lora_delta(out.reshape(B, T, H * Dh), lora, "o", cfg.lora_backend)
         return (y if d is None else y + d), cache
 
 
@@ -161,7 +170,7 @@ class MLP(nn.Module):
 
         def proj(name, shape, eq, inp):
             y = Linear(shape, eq, None, self.param_dtype, name=name)(inp)
-            d = lora_delta(inp, lora, name)
+            d = lora_delta(inp, lora, name, self.cfg.lora_backend)
             return y if d is None else y + d
 
         gate = proj("gate", (D, F), "btd,df->btf", x)  # [B, T, F]
@@ -189,7 +198,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] -> (logits float32 [B, T, V], cache).
+    """tokens [B, T] -> (logits float32 [B, T, V], cache); output="last": logits of the last position [B, 1, V];
+    output="hidden": the final-normed hidden states [B, T, D] (project with `head_matrix`).
 
     positions [B, T] int (rotary positions), segment_ids [B, T] int (0 = padding).
     kv_segment_ids [B, T] (no-cache mode only; default = segment_ids): the segment ids tokens carry *as keys*. The
@@ -203,7 +213,7 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None,
-                 kv_segment_ids=None):
+                 kv_segment_ids=None, output: str = "logits"):
         cfg = self.cfg
         embedding = self.param("embedding", nn.initializers.normal(0.02),
                                (cfg.vocab_size, cfg.hidden_size), self.param_dtype)  # [V, D]
@@ -225,13 +235,19 @@ class Transformer(nn.Module):
         per_layer = (jnp.arange(cfg.num_layers, dtype=jnp.int32), lora)
         (x, cache), _ = layers((x, cache), per_layer, cos, sin, segment_ids, kv_segment_ids, cache_index)
 
-        x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)
+        x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)  # [B, T, D]
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+            head = embedding.T  # [D, V]
         else:
             head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.hidden_size, cfg.vocab_size),
                               self.param_dtype)  # [D, V]
-            logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+        if output == "hidden":  # the caller projects (chunked cross-entropy: never all [B, T, V] logits at once)
+            return x, cache
+        if output == "last":  # only the position a sampler reads
+            x = x[:, -1:]
+        elif output != "logits":
+            raise ValueError(f"unknown output {output!r} (logits, last or hidden)")
+        logits = jnp.einsum("btd,dv->btv", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
         return logits, cache
 
 
@@ -239,3 +255,8 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
     """An empty KV cache: k/v [L, B, S, K, Dh], seg [B, S] (0 = empty slot)."""
     shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "seg": jnp.zeros((batch, length), jnp.int32)}
+
+
+def head_matrix(params, cfg: ModelConfig) -> Array:
+    """The output projection [D, V]: lm_head, or the transposed embedding when tied."""
+    return params["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]
