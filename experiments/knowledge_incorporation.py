@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, progress, resume_records, write_json
+from seal_jax.runs import RunDir, progress, resume_records, resume_stream, write_json
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -70,7 +70,12 @@ def add_common(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=int, default=2048)
     g.add_argument("--pack", action="store_true", help="pack sequences into rows (with --loss-mode all)")
     g.add_argument("--answer-max-tokens", type=int, default=64)
-    g.add_argument("--adapters-per-batch", type=int, default=16, help="self-edit evaluations trained together")
+    g.add_argument("--engine", default="ragged", choices=["ragged", "padded"],
+                   help="ragged = jobs streamed through adapter slots, packed token streams (seal_jax.engine); "
+                        "padded = K jobs per vmapped batch, rows padded (the previous layout; used with --mesh)")
+    g.add_argument("--slots", type=int, default=64, help="ragged: adapters resident at once")
+    g.add_argument("--tokens-per-step", type=int, default=4096, help="ragged: largest packed stream per step")
+    g.add_argument("--adapters-per-batch", type=int, default=16, help="padded: self-edit evaluations trained together")
     g.add_argument("--eval-times", type=int, default=1, help="repetitions of each self-edit evaluation")
     g = ap.add_argument_group("grading")
     g.add_argument("--grader", default="offline", choices=["offline", "llm", "openai"])
@@ -193,6 +198,7 @@ def load_context(args) -> Context:
                     warmup_steps=args.warmup_steps, max_grad_norm=args.max_grad_norm,
                     weight_decay=args.weight_decay, loss_mode=args.loss_mode, max_length=args.max_length,
                     split_newlines=args.split_newlines, answer_max_tokens=args.answer_max_tokens,
+                    engine=args.engine, slots=args.slots, tokens_per_step=args.tokens_per_step,
                     adapters_per_batch=args.adapters_per_batch, pack=args.pack)
     run.event("start", command=args.command, devices=jax.device_count(), processes=jax.process_count())
     return Context(args, run, model, tokenizer, grader.grade, ttt, mesh)
@@ -281,19 +287,19 @@ def jobs_for(passages, k: int, reps: int):
 
 
 def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT") -> list[dict]:
-    """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest trained in batches."""
-    from seal_jax.knowledge.ttt import evaluate_jobs
+    """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest streamed through the engine
+    and appended as they finish."""
+    from seal_jax.knowledge.ttt import evaluate_stream
 
-    def work(batch):
-        return evaluate_jobs(model or ctx.model, ctx.tokenizer, passages, batch, ctx.ttt, ctx.grade,
-                             seed=ctx.args.seed, mesh=ctx.mesh)
+    def work(todo):
+        return evaluate_stream(model or ctx.model, ctx.tokenizer, passages, todo, ctx.ttt, ctx.grade,
+                               seed=ctx.args.seed, mesh=ctx.mesh)
 
     def on_done(recs, seconds):
         ctx.run.event("ttt_batch", jobs=len(recs), seconds=seconds, seconds_per_self_edit=seconds / max(len(recs), 1))
 
-    done = resume_records(path, jobs, key=lambda j: j.key, record_key="key", work=work,
-                          chunk=ctx.ttt.adapters_per_batch, desc=desc, no_progress=ctx.args.no_progress,
-                          write=is_main(), on_done=on_done)
+    done = resume_stream(path, jobs, key=lambda j: j.key, record_key="key", work=work, desc=desc,
+                         no_progress=ctx.args.no_progress, write=is_main(), on_done=on_done)
     return [done[j.key] for j in jobs]
 
 

@@ -4,7 +4,16 @@ Prompts of different lengths are left-padded to a common prompt bucket P (segmen
 rotary positions start at 0 at its first real token), so every row's next token lands in the same cache slot. The
 batch, P and the new-token budget N are rounded up to buckets (`seal_jax.buckets`), and everything that varies per
 call — temperatures, top-p, seeds, stop ids, per-row budgets — is a traced array, so calls inside one bucket reuse
-one compiled program. Decoding is a `lax.while_loop` that stops early once every row is done.
+one compiled program.
+
+Work is sized to the request: prefill projects only the last position onto the vocabulary ([B, V] logits, not
+[B, P, V]); decoding runs in windows: the cache starts at P + 64 slots (or P + N when N is smaller) and is grown by
+doubling only while some row is still generating, so attention reads, and the cache holds, only what has been
+generated so far (a `lax.while_loop` per window that stops once every row is done; one program per window size).
+
+Several adapters in one call: each row names its adapter (`adapter_ids`); rows are sorted by adapter and the LoRA
+terms applied to contiguous runs of rows (the ragged form of `seal_jax.models.grouped`), so no adapter is copied per
+row; outputs come back in the caller's order.
 """
 
 from __future__ import annotations
@@ -23,21 +32,31 @@ from seal_jax.models.model import Model
 from seal_jax.models.transformer import init_cache
 
 MAX_STOP_IDS = 8  # stop ids are padded to this many (with -1), so their number never changes the compiled shape
+FIRST_WINDOW = 64  # new tokens the cache holds before its first growth
 
 # How many times each jitted function has been traced (i.e. compiled) in this process; tests read it.
 TRACE_COUNTS: collections.Counter = collections.Counter()
 
 
-def _as_lora_tree(lora):
-    return lora.layer_tree() if lora is not None and hasattr(lora, "layer_tree") else lora
+def _as_lora_tree(lora, groups=None):
+    """The model hook's form of `lora` inside jit: None; a single adapter (shared by every row); or a batch of
+    adapters over row groups `groups` = (group_ids [G], group_sizes [G] in tokens of the flat [B * T] stream)."""
+    if lora is None or not hasattr(lora, "layer_tree"):
+        return lora
+    if groups is not None:
+        return lora.ragged_tree(*groups)
+    return lora.layer_tree()
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
-def _prefill(model: Model, lora, tokens, positions, segment_ids, cache):
+def _prefill(model: Model, lora, groups, tokens, positions, segment_ids, cache):
     """tokens [B, P] (left-padded) -> (last-position logits float32 [B, V], cache)."""
     TRACE_COUNTS["prefill"] += 1
-    logits, cache = model.apply(tokens, positions, segment_ids, lora=lora, cache=cache, cache_index=0)
-    return logits[:, -1], cache
+    P = tokens.shape[1]
+    groups = None if groups is None else (groups[0], groups[1] * P)  # rows -> tokens of the flat [B * P] stream
+    logits, cache = model.apply(tokens, positions, segment_ids, lora=_as_lora_tree(lora, groups), cache=cache,
+                                cache_index=0, output="last")
+    return logits[:, 0], cache
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
@@ -66,24 +85,26 @@ def sample_tokens(logits, keys, temperature, top_p):
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
-def _decode(model: Model, lora, cache, logits, lengths, start, keys, temperature, top_p, max_new, stop_ids, out):
-    """Decode up to N = out.shape[1] tokens per row.
+def _decode(model: Model, lora, groups, cache, state, lengths, start, temperature, top_p, max_new, stop_ids):
+    """Decode until every row is done, the budget N = out.shape[1] is spent, or the cache is full.
 
-    logits [B, V] (from prefill), lengths [B] prompt lengths, start = first free cache slot, keys [B, 2],
-    temperature/top_p [B], max_new [B] per-row budgets (0 for padding rows), stop_ids [MAX_STOP_IDS] (-1 = unused),
-    out [B, N] buffer. Returns (out, n_generated [B], cache); the stop token itself is not counted. The cache is
-    returned only so that the donated input buffer is reused in place by the loop.
+    state = (t, logits [B, V], out [B, N], done [B], n_generated [B], keys [B, 2]): t new tokens are already in
+    `out`, the cache holds the prompt (P = `start` slots) and the first t - 1 of them. lengths [B] prompt lengths,
+    temperature/top_p [B], max_new [B] per-row budgets (0 for padding rows), stop_ids [MAX_STOP_IDS] (-1 = unused).
+    Returns (state, cache); the stop token itself is not counted in n_generated.
     """
     TRACE_COUNTS["decode"] += 1
-    B, N = out.shape
+    B, N = state[2].shape
+    S = cache["seg"].shape[1]
     ones = jnp.ones((B, 1), jnp.int32)
+    tree = _as_lora_tree(lora, groups)  # decode: one token per row, so rows are tokens
 
-    def cond(state):
-        t, _, _, _, done, _, _ = state
-        return (t < N) & ~jnp.all(done)
+    def cond(carry):
+        t, _, _, done, _, _ = carry[0]
+        return (t < N) & (start + t < S) & ~jnp.all(done)
 
-    def body(state):
-        t, cache, logits, out, done, n_gen, keys = state
+    def body(carry):
+        (t, logits, out, done, n_gen, keys), cache = carry
         split = jax.vmap(jax.random.split)(keys)  # [B, 2, 2]
         keys, sub = split[:, 0], split[:, 1]
         tok = sample_tokens(logits, sub, temperature, top_p)  # [B]
@@ -92,14 +113,21 @@ def _decode(model: Model, lora, cache, logits, lengths, start, keys, temperature
         out = jax.lax.dynamic_update_slice(out, jnp.where(active, tok, 0)[:, None], (0, t))
         n_gen = n_gen + (active & ~is_stop).astype(jnp.int32)
         done = done | is_stop | (t + 1 >= max_new)
-        step_logits, cache = model.apply(tok[:, None], (lengths + t)[:, None], ones, lora=lora, cache=cache,
+        step_logits, cache = model.apply(tok[:, None], (lengths + t)[:, None], ones, lora=tree, cache=cache,
                                          cache_index=start + t)
-        return t + 1, cache, step_logits[:, 0], out, done, n_gen, keys
+        return (t + 1, step_logits[:, 0], out, done, n_gen, keys), cache
 
-    done0 = max_new <= 0
-    state = (jnp.int32(0), cache, logits, out, done0, jnp.zeros((B,), jnp.int32), keys)
-    _, cache, _, out, _, n_gen, _ = jax.lax.while_loop(cond, body, state)
-    return out, n_gen, cache
+    return jax.lax.while_loop(cond, body, (state, cache))
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",), static_argnames=("size",))
+def _grow(cache, size: int):
+    """The cache padded with empty slots to `size` slots (its contents kept)."""
+    TRACE_COUNTS["grow"] += 1
+    extra = size - cache["seg"].shape[1]
+    return {"k": jnp.pad(cache["k"], ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))),
+            "v": jnp.pad(cache["v"], ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))),
+            "seg": jnp.pad(cache["seg"], ((0, 0), (0, extra)))}
 
 
 def _per_row(value, n: int, name: str, dtype) -> np.ndarray:
@@ -135,9 +163,22 @@ def _place_rows(mesh, cfg, B: int, S: int, dtype, row_arrays: dict):
     return rows, cache
 
 
-def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.ndarray, temps: np.ndarray,
-         tops: np.ndarray, keys, stop_token_ids, prompt_buckets, mesh=None) -> list[list[int]]:
-    """Generate for exactly len(prompts) rows (None = a padding row with no budget); B is already bucketed."""
+def _row_groups(row_adapters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows sorted by adapter (stable) -> (order [B], group_ids [G], group_rows [G]) with G a power of two (padding
+    groups: id -1, 0 rows), so the number of distinct adapters in a call only changes the program at a bucket."""
+    order = np.argsort(row_adapters, kind="stable")
+    ids, counts = np.unique(row_adapters[order], return_counts=True)
+    G = batch_bucket(len(ids))
+    gid = np.full(G, -1, np.int32)
+    gsz = np.zeros(G, np.int32)
+    gid[:len(ids)], gsz[:len(ids)] = ids, counts
+    return order, gid, gsz
+
+
+def _run(model: Model, lora, row_adapters: np.ndarray | None, prompts: list[list[int] | None], budgets: np.ndarray,
+         temps: np.ndarray, tops: np.ndarray, keys, stop_token_ids, prompt_buckets, mesh=None) -> list[list[int]]:
+    """Generate for exactly len(prompts) rows (None = a padding row with no budget); B is already bucketed.
+    row_adapters [B]: each row's adapter in the batch `lora` (-1: none), or None (no adapter or a single one)."""
     cfg = model.config
     B = len(prompts)
     stop = list(stop_token_ids or [])
@@ -148,6 +189,13 @@ def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.n
     if P + N > cfg.max_position_embeddings:
         raise ValueError(f"prompt bucket {P} + new-token bucket {N} exceeds max_position_embeddings "
                          f"{cfg.max_position_embeddings}")
+    groups = None
+    order = np.arange(B)
+    if row_adapters is not None:
+        order, gid, gsz = _row_groups(np.asarray(row_adapters, np.int32))
+        groups = (jnp.asarray(gid), jnp.asarray(gsz))
+        prompts = [prompts[i] for i in order]
+        budgets, temps, tops, keys = budgets[order], temps[order], tops[order], jnp.asarray(keys)[order]
     tokens = np.zeros((B, P), np.int32)
     seg = np.zeros((B, P), np.int32)
     pos = np.zeros((B, P), np.int32)
@@ -164,19 +212,29 @@ def _run(model: Model, lora_tree, prompts: list[list[int] | None], budgets: np.n
     stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop_ids[:len(stop)] = stop
 
+    S = P + min(N, FIRST_WINDOW)
     rows = dict(tokens=tokens, pos=pos, seg=seg, lengths=lengths, keys=np.asarray(keys), temps=temps, tops=tops,
                 budgets=budgets, out=np.zeros((B, N), np.int32))
     if mesh is None:
         rows = {k: jnp.asarray(v) for k, v in rows.items()}
-        cache = init_cache(cfg, B, P + N, model.dtype)
+        cache = init_cache(cfg, B, S, model.dtype)
     else:
-        rows, cache = _place_rows(mesh, cfg, B, P + N, model.dtype, rows)
-    logits, cache = _prefill(model, lora_tree, rows["tokens"], rows["pos"], rows["seg"], cache)
-    out, n_gen, _ = _decode(model, lora_tree, cache, logits, rows["lengths"], jnp.int32(P), rows["keys"],
-                            rows["temps"], rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
+        rows, cache = _place_rows(mesh, cfg, B, S, model.dtype, rows)
+    logits, cache = _prefill(model, lora, groups, rows["tokens"], rows["pos"], rows["seg"], cache)
+    state = (jnp.int32(0), logits, rows["out"], rows["budgets"] <= 0, jnp.zeros((B,), jnp.int32), rows["keys"])
+    while True:
+        state, cache = _decode(model, lora, groups, cache, state, rows["lengths"], jnp.int32(P), rows["temps"],
+                               rows["tops"], rows["budgets"], jnp.asarray(stop_ids))
+        if int(state[0]) >= N or bool(jnp.all(state[3])):
+            break
+        S = P + min(N, 2 * (S - P))  # some row is still generating: double the window
+        cache = _grow(cache, S)
     from seal_jax.distributed import gather
-    out, n_gen = gather((out, n_gen))
-    return [out[i, :n_gen[i]].tolist() for i in range(B)]
+    out, n_gen = gather((state[2], state[4]))
+    result: list[list[int]] = [[] for _ in range(B)]
+    for i, row in enumerate(order):
+        result[row] = out[i, :n_gen[i]].tolist()
+    return result
 
 
 def _row_keys(seed, row_seeds: np.ndarray | None, B: int):
@@ -214,15 +272,17 @@ def generate(model: Model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     tops = np.concatenate([_per_row(top_p, n, "top_p", np.float32), np.ones(pad, np.float32)])
     row_seeds = None if np.ndim(seed) == 0 else np.concatenate(
         [_per_row(seed, n, "seed", np.int64), np.zeros(pad, np.int64)])
+    row_adapters = None
     if adapter_ids is not None:
-        from seal_jax.lora import select_rows
         if lora is None or getattr(lora, "num_adapters", None) is None:
             raise ValueError("adapter_ids needs `lora` to be a batch of adapters")
         ids = _per_row(adapter_ids, n, "adapter_ids", np.int32)
-        lora = select_rows(lora, np.concatenate([ids, np.full(pad, -1, np.int32)]))
+        if ids.size and (ids.max() >= lora.num_adapters or ids.min() < -1):
+            raise ValueError(f"adapter ids must lie in [-1, {lora.num_adapters}), got {ids.min()}..{ids.max()}")
+        row_adapters = np.concatenate([ids, np.full(pad, -1, np.int32)])
     elif lora is not None and getattr(lora, "num_adapters", None) is not None:
         raise ValueError("a batch of adapters needs adapter_ids (one per prompt), or use generate_grouped")
-    return _run(model, _as_lora_tree(lora), prompts + [None] * pad, row_budgets, temps, tops,
+    return _run(model, lora, row_adapters, prompts + [None] * pad, row_budgets, temps, tops,
                 _row_keys(seed, row_seeds, B), stop_token_ids, prompt_buckets, mesh)[:n]
 
 
@@ -231,25 +291,23 @@ def generate_grouped(model: Model, lora, prompt_groups: Sequence[Sequence[Sequen
                      stop_token_ids: Sequence[int] | None = None,
                      prompt_buckets: Sequence[int] | None = None, mesh=None) -> list[list[list[int]]]:
     """Answer K prompt sets with K adapters in one call: group k's prompts use adapter k of `lora` (a batch of K).
+    `lora=None` answers every group with the base model. Returns, per group, the new-token lists of its prompts.
 
-    Each group is padded to the same bucketed size Q, so the batch is K*Q rows in K consecutive groups and the
-    adapters are applied without copying them per row. `lora=None` answers every group with the base model.
-    Returns, per group, the new-token lists of its prompts.
-    """
+    Rows are the groups' prompts back to back (padded to a power of two), each tagged with its adapter, so a group
+    costs only its own prompts; row i's sampling key is fold_in(seed, i) over that order."""
     K = len(prompt_groups)
     if lora is not None and lora.num_adapters != K:
         raise ValueError(f"{K} prompt groups for a batch of {lora.num_adapters} adapters")
     if K == 0 or all(len(g) == 0 for g in prompt_groups):
         return [[] for _ in range(K)]
-    groups = [_validate(g, model.config.vocab_size) for g in prompt_groups]
-    Q = batch_bucket(max(len(g) for g in groups))
-    rows: list[list[int] | None] = []
-    for g in groups:
-        rows += g + [None] * (Q - len(g))
-    real = np.asarray([p is not None for p in rows])
-    budgets = np.where(real, max_new_tokens, 0).astype(np.int32)
-    temps = np.where(real, temperature, 0.0).astype(np.float32)
-    tops = np.where(real, top_p, 1.0).astype(np.float32)
-    out = _run(model, _as_lora_tree(lora), rows, budgets, temps, tops, _row_keys(seed, None, len(rows)),
-               stop_token_ids, prompt_buckets, mesh)
-    return [out[k * Q:k * Q + len(g)] for k, g in enumerate(groups)]
+    flat, owner = [], []
+    for k, g in enumerate(prompt_groups):
+        flat += list(g)
+        owner += [k] * len(g)
+    out = generate(model, flat, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                   stop_token_ids=stop_token_ids, lora=lora, adapter_ids=None if lora is None else owner,
+                   prompt_buckets=prompt_buckets, mesh=mesh)
+    result: list[list[list[int]]] = [[] for _ in range(K)]
+    for k, o in zip(owner, out):
+        result[k].append(o)
+    return result

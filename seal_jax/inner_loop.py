@@ -99,7 +99,7 @@ class TrainPlan:
     max_grad_norm: np.ndarray
     weight_decay: np.ndarray
     seeds: np.ndarray
-    real_tokens: np.ndarray  # [K] tokens actually trained on (targets excluded padding), summed over all steps
+    real_tokens: np.ndarray  # [K] real (non-padding) tokens of the batches, summed over all steps
 
     @property
     def num_adapters(self) -> int:
@@ -108,6 +108,12 @@ class TrainPlan:
     @property
     def max_steps(self) -> int:
         return int(self.total_steps.max()) if self.total_steps.size else 0
+
+    def token_slots(self) -> int:
+        """Token positions the compiled step computes to train every adapter to the end: all K adapters x the
+        longest adapter's steps x the batch bucket x the row length (finished and empty adapters included)."""
+        K, _, T = self.tokens.shape
+        return K * self.max_steps * self.batch_index.shape[2] * T
 
     def arrays(self, mesh=None) -> dict[str, jnp.ndarray]:
         """Device arrays of the plan; with a mesh, the adapter axis is spread over its "adapter" axis and each
@@ -168,6 +174,24 @@ def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_leng
     return [(r[0], r[1], r[2], r[2].copy(), r[4]) for r in rows]
 
 
+def batch_schedule(n: int, spec: TrainSpec) -> list[np.ndarray]:
+    """The item indices of every optimiser step of one adapter with `n` items (rows): a fresh shuffle per epoch from
+    the adapter's own seed, batches of min(batch_size, n), a short last batch per epoch, `max_steps` (when set) or
+    epochs x batches-per-epoch steps. Shared by the padded plan and the ragged engine, so both see the same batches."""
+    bs = min(spec.batch_size, max(n, 1))
+    per_epoch = -(-n // bs) if n else 0
+    total = (spec.max_steps if spec.max_steps is not None else per_epoch * spec.epochs) if n else 0
+    order_rng = np.random.default_rng(spec.seed)
+    steps: list[np.ndarray] = []
+    while len(steps) < total:
+        perm = order_rng.permutation(n)  # a fresh shuffle every epoch, from the adapter's own seed
+        for i in range(per_epoch):
+            steps.append(perm[i * bs:(i + 1) * bs])
+            if len(steps) == total:
+                break
+    return steps
+
+
 def build_plan(datasets: Sequence[Sequence[Example]], specs: Sequence[TrainSpec] | TrainSpec,
                loss_mode: str = "all", pad_id: int = 0, max_length: int = 2048, compat_length: int = 2048,
                pack: bool = False, length_buckets: Sequence[int] | None = None,
@@ -195,25 +219,7 @@ def build_plan(datasets: Sequence[Sequence[Example]], specs: Sequence[TrainSpec]
     per_adapter = [_rows_for(d, loss_mode, pad_id, max_length, compat_length, pack, length) for d in datasets]
     N = batch_bucket(max((len(r) for r in per_adapter), default=1))
 
-    # Steps per adapter and the batch index table.
-    schedules = []
-    for rows, spec in zip(per_adapter, specs):
-        n = len(rows)
-        bs = min(spec.batch_size, max(n, 1))
-        per_epoch = -(-n // bs) if n else 0
-        total = spec.max_steps if spec.max_steps is not None else per_epoch * spec.epochs
-        total = total if n else 0
-        order_rng = np.random.default_rng(spec.seed)
-        steps = []
-        epoch = 0
-        while len(steps) < total:
-            perm = order_rng.permutation(n)  # a fresh shuffle every epoch, from the adapter's own seed
-            for i in range(per_epoch):
-                steps.append(perm[i * bs:(i + 1) * bs])
-                if len(steps) == total:
-                    break
-            epoch += 1
-        schedules.append(steps)
+    schedules = [batch_schedule(len(rows), spec) for rows, spec in zip(per_adapter, specs)]
     S = bucket(max((len(s) for s in schedules), default=1), minimum=1)
     Bm = batch_bucket(max((min(sp.batch_size, max(len(r), 1)) for r, sp in zip(per_adapter, specs)), default=1))
 
@@ -228,7 +234,7 @@ def build_plan(datasets: Sequence[Sequence[Example]], specs: Sequence[TrainSpec]
             arr["kv_segment_ids"][k, i], arr["positions"][k, i] = kv, pos
         for s, idx in enumerate(steps):
             batch_index[k, s, :len(idx)] = idx
-            real_tokens[k] += int((arr["segment_ids"][k, idx] > 0).sum())
+            real_tokens[k] += int((arr["kv_segment_ids"][k, idx] > 0).sum())  # compat pads are not real tokens
     hyper = lambda f, dt, fill: np.asarray([f(sp) for sp in specs] + [fill] * (K - K_real), dt)
     return TrainPlan(
         **arr, batch_index=batch_index,

@@ -150,23 +150,6 @@ def stack_adapters(adapters: Sequence[Lora]) -> Lora:
     return Lora(adapters[0].config, jax.tree.map(lambda *ws: jnp.stack(ws), *[a.weights for a in adapters]))
 
 
-def select_rows(lora: Lora, adapter_ids: Sequence[int] | np.ndarray) -> Lora:
-    """A batch of K adapters -> one adapter per row (G = rows) by index; id -1 means "no adapter" for that row."""
-    if lora.num_adapters is None:
-        raise ValueError("select_rows needs a batch of adapters (leading adapter axis)")
-    ids = np.asarray(adapter_ids, np.int32)
-    if ids.size and (ids.max() >= lora.num_adapters or ids.min() < -1):
-        raise ValueError(f"adapter ids must lie in [-1, {lora.num_adapters}), got {ids.min()}..{ids.max()}")
-    gather = jnp.asarray(np.maximum(ids, 0))
-    on = jnp.asarray(ids >= 0)
-
-    def pick(w, zero_off):
-        w = w[gather]
-        return jnp.where(on.reshape((-1,) + (1,) * (w.ndim - 1)), w, 0) if zero_off else w
-
-    return Lora(lora.config, {n: {"a": pick(w["a"], False), "b": pick(w["b"], True)} for n, w in lora.weights.items()})
-
-
 def lora_delta_weight(lora: Lora, name: str) -> jax.Array:
     """scale * A @ B as a flat [L, in, out] matrix (single adapter)."""
     w = lora.weights[name]

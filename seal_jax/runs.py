@@ -137,15 +137,31 @@ def resume_records(path: str, items: Sequence, *, key: Callable[[Any], str], rec
     exist, so a killed run loses at most the chunk in flight. ``on_done(records, seconds)`` runs after each append
     (events, work budgets). ``write=False`` (non-writing processes of a multi-host run) computes without appending.
     Returns every record by key."""
+    def stream(todo):
+        for s in range(0, len(todo), chunk):
+            yield work(todo[s:s + chunk])
+
+    return resume_stream(path, items, key=key, record_key=record_key, work=stream, desc=desc,
+                         no_progress=no_progress, write=write, on_done=on_done)
+
+
+def resume_stream(path: str, items: Sequence, *, key: Callable[[Any], str], record_key: str,
+                  work: Callable[[list], Iterable[list[dict]]], desc: str = "", no_progress: bool = False,
+                  write: bool = True, on_done: Callable[[list[dict], float], None] | None = None) -> dict[str, dict]:
+    """`resume_records` for work that streams: ``work(todo)`` yields lists of finished records in any order (e.g. the
+    ragged engine's jobs as they finish); each list is appended (fsynced) as soon as it arrives, so a killed run loses
+    only the work in flight. ``on_done(records, seconds since the previous list)`` runs after each append."""
     done = {r[record_key]: r for r in read_jsonl(path)}
     todo = [x for x in items if key(x) not in done]
-    chunks = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
-    for part in progress(chunks, len(chunks), desc, no_progress):
+    from tqdm import tqdm
+    with tqdm(total=len(todo), desc=desc, disable=no_progress, leave=False) as bar:
         t0 = time.perf_counter()
-        records = work(part)
-        if write:
-            append_jsonl(path, records)
-        done.update({r[record_key]: r for r in records})
-        if on_done is not None:
-            on_done(records, time.perf_counter() - t0)
+        for records in (work(todo) if todo else ()):
+            if write:
+                append_jsonl(path, records)
+            done.update({r[record_key]: r for r in records})
+            bar.update(len(records))
+            if on_done is not None:
+                on_done(records, time.perf_counter() - t0)
+            t0 = time.perf_counter()
     return done

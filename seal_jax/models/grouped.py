@@ -12,7 +12,7 @@ tokens; the LoRA term of token n uses adapter group_ids[g] of the group g that h
 
 Backends (`lora_backend` of the model config):
   "tiled"       (the portable default) the stream is cut at every block boundary (`tile` tokens) and every group
-                boundary into P = N / tile + G tiles, each inside one block and one group; tile p gathers its
+                boundary into P = N / tile + G + 1 tiles, each inside one block and one group; tile p gathers its
                 block's tokens and its adapter's weights and computes [tile, in] @ [in, r] @ [r, out], masked to its
                 own tokens; results are added back into the blocks. Work: (N + G tile) tokens instead of N.
   "ragged_dot"  `jax.lax.ragged_dot` over the group-ordered weights a[group_ids] (grouped-matmul kernels on TPU,
@@ -61,7 +61,8 @@ def _tiled(x, a, b, scale, group_ids, group_sizes, tile: int):
     nb = N // tile
     group_end = jnp.cumsum(group_sizes)  # [G]
     group_start = group_end - group_sizes
-    bounds = jnp.sort(jnp.concatenate([jnp.arange(nb, dtype=group_start.dtype) * tile, group_start]))  # [P]
+    cuts = [jnp.arange(nb, dtype=group_start.dtype) * tile, group_start, group_end[-1:]]  # blocks, groups, tail
+    bounds = jnp.sort(jnp.concatenate(cuts))  # [P = N / tile + G + 1]
     starts = bounds
     ends = jnp.concatenate([bounds[1:], jnp.full((1,), N, bounds.dtype)])  # [P]
     block = jnp.minimum(starts // tile, nb - 1)  # [P]

@@ -41,7 +41,7 @@ def _events(run):
 def test_eval_killed_part_way_resumes(world):
     run = str(world / "eval")
     cmd = [sys.executable, "-m", "experiments.knowledge_incorporation", "eval", "--data", str(world / "data.json"),
-           "--n-passages", "3", "--k", "1", "--eval-times", "2", "--adapters-per-batch", "2", "--out", run,
+           "--n-passages", "3", "--k", "1", "--eval-times", "2", "--slots", "2", "--out", run,
            *common(world)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     evals = os.path.join(run, "evals.jsonl")

@@ -1,0 +1,526 @@
+"""The ragged multi-adapter engine: a stream of LoRA fine-tuning jobs over one frozen base, every optimiser step one
+packed token stream that holds only real work.
+
+    engine = Engine(model, LoraConfig(32, 64.0), EngineConfig(slots=64, max_tokens_per_step=4096))
+    for done in engine.run([Job(examples, TrainSpec(...), init_seed=s) for ...]):   # finished jobs, as they finish
+        done.lora, done.losses, done.failed, ...
+
+Slots. K adapters are resident (LoRA weights and AdamW state with a leading slot axis). Jobs are admitted in order
+into free slots (fresh LoRA from the job's seed, `init_lora(cfg, lora_cfg, PRNGKey(init_seed))`, zero AdamW state);
+when a job's last step is taken its adapter is handed out (`Finished`) and the slot takes the next job.
+
+Global steps. In one global step every selected slot takes exactly one optimiser step of its own job: its next batch
+(the same batches, in the same order, as the padded plan would give it: `inner_loop.batch_schedule`) is packed with
+the other selected slots' batches, first fit, into R rows of T tokens (segment ids and restarted positions), then the
+frozen base runs once over the R x T stream and each token's LoRA term uses its own slot's adapter (a grouped matmul
+over the stream's contiguous runs of one slot: `seal_jax.models.grouped`). Loss, target counts, gradient norms,
+clipping and the AdamW update are per slot (segment sums over the slot of each token). Slots that are not selected
+(no room this step, finished, empty) contribute no tokens and are left untouched. An adapter therefore follows
+exactly its own trajectory whatever else shares the stream, and equals training it alone (tests/test_engine.py).
+
+Shapes. T is a length bucket of the longest sequence of the stream; R is chosen per call as the largest power of two
+whose R x T capacity the selected slots' demand fills (at most max_tokens_per_step), so steps stay full as the
+stream drains; one program is compiled per (R, T) bucket. `steps_per_call` global steps run in one jit call
+(`lax.fori_loop` over host-packed [steps, R, T] arrays); jobs are admitted and finished adapters extracted between
+calls. Slot selection: oldest job first while jobs wait to be admitted (so jobs finish and slots refill), most
+remaining tokens first once the queue is empty (so the last jobs end together).
+
+Accounting (`Engine.stats`): token slots computed (steps x R x T, every slot counted) and real tokens (the
+non-padding tokens of the batches), so `real / slots` is the useful fraction of the compiled work.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import time
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from seal_jax import inner_loop as il
+from seal_jax import optim
+from seal_jax.buckets import bucket
+from seal_jax.losses import next_token_nll
+from seal_jax.lora import Lora, LoraConfig, init_lora
+from seal_jax.models.model import Model
+
+__all__ = ["Engine", "EngineConfig", "Finished", "Job", "TRACE_COUNTS"]
+
+TRACE_COUNTS: collections.Counter = collections.Counter()  # compilations of the engine's programs (tests read it)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One fine-tune: its training examples, its settings, its LoRA initialisation seed and a caller's handle."""
+
+    examples: Sequence[il.Example]
+    spec: il.TrainSpec
+    init_seed: int = 0
+    key: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    slots: int = 64  # K: adapters resident at once
+    max_tokens_per_step: int = 4096  # the largest R x T capacity of one global step
+    steps_per_call: int = 8  # global steps per compiled call (jobs are admitted / handed out between calls)
+    loss_mode: str = "all"  # as inner_loop: "all" | "completion" | "compat_padding"
+    pad_id: int = 0
+    max_length: int = 2048  # sequences are cut to this many tokens
+    compat_length: int = 2048  # compat_padding: every sequence padded with pad_id to this length, pads trained
+    row_length: int | None = None  # T (default: the bucket of the longest sequence of the stream)
+    length_buckets: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if self.loss_mode not in il.LOSS_MODES:
+            raise ValueError(f"unknown loss_mode {self.loss_mode!r} (choose from {', '.join(il.LOSS_MODES)})")
+        if self.slots < 1 or self.max_tokens_per_step < 1 or self.steps_per_call < 1:
+            raise ValueError(f"invalid EngineConfig {self}")
+
+
+@dataclasses.dataclass
+class Finished:
+    """A finished job: its index in the stream, the trained adapter (a single `Lora`), and what training did."""
+
+    index: int
+    job: Job
+    lora: Lora
+    steps: int
+    total_steps: int
+    losses: list[float]
+    grad_norms: list[float]
+    real_tokens: int
+    failed: bool = False
+    failure: str | None = None
+
+
+@dataclasses.dataclass
+class _Seq:
+    tokens: np.ndarray  # [n] int32
+    weights: np.ndarray  # [n] float32 (target mask)
+    keys: np.ndarray  # [n] bool: is an attention key (False only for compat padding)
+
+    @property
+    def real(self) -> int:
+        return int(self.keys.sum())
+
+
+@dataclasses.dataclass
+class _Active:
+    index: int
+    job: Job
+    seqs: list[_Seq]
+    batches: list[np.ndarray]
+    admitted: int  # admission order
+    step: int = 0
+    losses: list = dataclasses.field(default_factory=list)
+    grad_norms: list = dataclasses.field(default_factory=list)
+    real_tokens: int = 0
+
+    def batch_len(self, s: int) -> int:
+        return sum(len(self.seqs[i].tokens) for i in self.batches[s])
+
+    def remaining_tokens(self) -> int:
+        return sum(self.batch_len(s) for s in range(self.step, len(self.batches)))
+
+    @property
+    def done(self) -> bool:
+        return self.step >= len(self.batches)
+
+
+def _sequences(examples: Sequence[il.Example], cfg: EngineConfig) -> list[_Seq]:
+    out = []
+    for ex in examples:
+        if cfg.loss_mode == "compat_padding":
+            toks = list(ex.tokens[:cfg.compat_length])
+            n, L = len(toks), cfg.compat_length
+            t = np.full(L, cfg.pad_id, np.int32)
+            t[:n] = toks
+            keys = np.zeros(L, bool)
+            keys[:n] = True
+            out.append(_Seq(t, np.ones(L, np.float32), keys))  # labels = input_ids, pads included
+            continue
+        toks = np.asarray(ex.tokens[:cfg.max_length], np.int32)
+        w = (np.asarray(ex.mask()[:cfg.max_length], np.float32) if cfg.loss_mode == "completion"
+             else np.ones(len(toks), np.float32))
+        out.append(_Seq(toks, w, np.ones(len(toks), bool)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ device programs
+@dataclasses.dataclass(frozen=True)
+class SlotState:
+    """The resident adapters (a pytree): K LoRA adapters, their AdamW states, steps taken and failure flags."""
+
+    lora: Lora  # weights [K, L, ...]
+    opt_state: Any  # optim.adamw state, leading K axis
+    step: jax.Array  # [K] int32
+    failed: jax.Array  # [K] bool
+
+
+jax.tree_util.register_dataclass(SlotState, data_fields=["lora", "opt_state", "step", "failed"], meta_fields=[])
+
+
+def _fresh(model_cfg, lora_cfg: LoraConfig, seed):
+    return init_lora(model_cfg, lora_cfg, jax.random.PRNGKey(seed)).weights
+
+
+def _admit(model_cfg, state: SlotState, reset, seeds) -> SlotState:
+    """Slots with reset[k] get a fresh adapter from seeds[k], zero AdamW state, step 0, not failed."""
+    lora_cfg = state.lora.config
+
+    def renew(st):
+        fresh = jax.vmap(functools.partial(_fresh, model_cfg, lora_cfg))(seeds)  # [K, ...]
+        keep = lambda new, old: jax.tree.map(
+            lambda n, o: jnp.where(reset.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
+        opt = jax.vmap(optim.init_state)(fresh)
+        return SlotState(Lora(lora_cfg, keep(fresh, st.lora.weights)), keep(opt, st.opt_state),
+                         jnp.where(reset, 0, st.step), st.failed & ~reset)
+
+    return jax.lax.cond(jnp.any(reset), renew, lambda st: st, state)
+
+
+def _global_step(model: Model, state: SlotState, batch, hp):
+    """One optimiser step of every selected slot over one packed stream (see the module docstring).
+
+    batch: tokens / positions / segment_ids / kv_segment_ids [R, T] int32, weights [R, T] float32,
+           token_slot [R*T] int32 (-1: padding), group_ids / group_sizes [Gm] int32, stepping [K] bool.
+    hp: per-slot hyper-parameters [K] (learning_rate, schedule, warmup_steps, total_steps, max_grad_norm,
+        weight_decay). Returns (state, loss [K], grad norm [K]) with nan for slots that did not step.
+    """
+    lora_cfg = state.lora.config
+    K = state.step.shape[0]
+    R, T = batch["tokens"].shape
+
+    def loss_fn(w):
+        tree = Lora(lora_cfg, w).ragged_tree(batch["group_ids"], batch["group_sizes"])
+        hidden, _ = model.apply(batch["tokens"], batch["positions"], batch["segment_ids"], lora=tree,
+                                kv_segment_ids=batch["kv_segment_ids"], output="hidden")  # [R, T, D]
+        nll, same = next_token_nll(hidden, model.head(), batch["tokens"], batch["segment_ids"])  # [R, T-1]
+        w_tok = batch["weights"][:, 1:] * same  # [R, T-1]
+        slot = batch["token_slot"].reshape(R, T)[:, 1:]  # the slot of each target (same segment => same slot)
+        seg = jnp.where(slot >= 0, slot, K).reshape(-1)
+        tot = jax.ops.segment_sum((nll * w_tok).reshape(-1), seg, num_segments=K + 1)[:K]  # [K]
+        cnt = jax.ops.segment_sum(w_tok.reshape(-1), seg, num_segments=K + 1)[:K]  # [K]
+        per_slot = tot / jnp.maximum(cnt, 1.0)  # mean over each slot's own targets, as the padded step
+        return jnp.sum(per_slot), per_slot
+
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora.weights)
+    gnorm = jax.vmap(optax.global_norm)(grads)  # [K]
+
+    def update(g, o, w, h):
+        updates, new_o = il.optimizer(h).update(g, o, w)
+        return optax.apply_updates(w, updates), new_o
+
+    new_w, new_o = jax.vmap(update)(grads, state.opt_state, state.lora.weights, hp)
+    active = batch["stepping"] & ~state.failed & (state.step < hp["total_steps"])
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    apply = active & finite
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(apply.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
+    state = SlotState(Lora(lora_cfg, keep(new_w, state.lora.weights)), keep(new_o, state.opt_state),
+                      state.step + apply.astype(jnp.int32), state.failed | (active & ~finite))
+    return state, jnp.where(active, loss, jnp.nan), jnp.where(active, gnorm, jnp.nan)
+
+
+@functools.partial(jax.jit, donate_argnames=("state",))
+def _run_call(model: Model, state: SlotState, data, hp, reset, seeds, num_steps):
+    """Admit, then `num_steps` (traced) global steps over the host-packed data [G, ...]; -> (state, loss [G, K],
+    grad norm [G, K])."""
+    TRACE_COUNTS["run_call"] += 1
+    state = _admit(model.config, state, reset, seeds)
+    G = data["tokens"].shape[0]
+    K = state.step.shape[0]
+
+    def body(g, carry):
+        st, losses, gnorms = carry
+        batch = {k: v[g] for k, v in data.items()}
+        st, loss, gnorm = _global_step(model, st, batch, hp)
+        return st, losses.at[g].set(loss), gnorms.at[g].set(gnorm)
+
+    nan = jnp.full((G, K), jnp.nan, jnp.float32)
+    return jax.lax.fori_loop(0, num_steps, body, (state, nan, nan))
+
+
+@jax.jit
+def _take(weights, k):
+    """Adapter k of the slot bank, as a single adapter's weights."""
+    TRACE_COUNTS["take"] += 1
+    return jax.tree.map(lambda w: w[k], weights)
+
+
+# ------------------------------------------------------------------------------------------------ host planning
+@dataclasses.dataclass
+class _Call:
+    """One compiled call's work: admissions, then up to `steps_per_call` packed global steps."""
+
+    R: int
+    T: int
+    steps: list[dict[str, np.ndarray]]  # per global step: the arrays of `_layout`
+    reset: np.ndarray  # [K] bool: slot takes a new job at the start of the call
+    seeds: np.ndarray  # [K] int32 LoRA seeds of the new jobs
+    hp: dict[str, np.ndarray]  # per-slot hyper-parameters [K]
+    empty: list[int]  # jobs with no steps at all (finished at admission)
+
+    @property
+    def real_tokens(self) -> int:
+        return int(sum((s["kv_segment_ids"] > 0).sum() for s in self.steps))
+
+
+class _Scheduler:
+    """The host side of the engine: admission, slot selection, packing (no device work; `Engine.plan` runs it
+    alone to count the work of a stream)."""
+
+    HP = ("learning_rate", "schedule", "warmup_steps", "total_steps", "max_grad_norm", "weight_decay")
+
+    def __init__(self, cfg: EngineConfig, jobs: Sequence[Job]):
+        self.cfg, self.jobs, K = cfg, jobs, cfg.slots
+        self.seqs = [_sequences(j.examples, cfg) for j in jobs]
+        longest = max((len(s.tokens) for seqs in self.seqs for s in seqs), default=1)
+        self.T = cfg.row_length or bucket(longest, cfg.length_buckets)
+        if longest > self.T:
+            raise ValueError(f"a sequence of {longest} tokens exceeds the row length {self.T}")
+        self.batches = [il.batch_schedule(len(s), j.spec) for s, j in zip(self.seqs, jobs)]
+        self.max_batch = max((len(x) for b in self.batches for x in b), default=1)
+        self.max_rows = max(1, cfg.max_tokens_per_step // self.T, self.max_batch)
+        self.min_rows = 1
+        while self.min_rows < self.max_batch:  # any one batch must fit (first fit of <= max_batch sequences)
+            self.min_rows *= 2
+        self.Gm = -(-(K * self.max_batch + 2 * max(self.max_rows, self.min_rows)) // 8) * 8  # runs bound
+        self.slots: list[_Active | None] = [None] * K
+        self.queue = collections.deque(range(len(jobs)))
+        self.admitted = 0
+        self.hp = {n: np.zeros(K, np.float32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else
+                               np.int32) for n in self.HP}
+        self.queued_tokens = sum(self._job_tokens(i) for i in self.queue)
+
+    def _job_tokens(self, i: int) -> int:
+        return sum(len(self.seqs[i][x].tokens) for b in self.batches[i] for x in b)
+
+    @property
+    def finished(self) -> bool:
+        return not self.queue and all(a is None for a in self.slots)
+
+    def _admit(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        K = self.cfg.slots
+        reset, seeds, empty = np.zeros(K, bool), np.zeros(K, np.int32), []
+        for k in range(K):
+            while self.slots[k] is None and self.queue:
+                i = self.queue.popleft()
+                self.queued_tokens -= self._job_tokens(i)
+                if not self.batches[i]:
+                    empty.append(i)
+                    continue
+                self.slots[k] = _Active(i, self.jobs[i], self.seqs[i], self.batches[i], self.admitted)
+                self.admitted += 1
+                reset[k], seeds[k] = True, self.jobs[i].init_seed
+                sp = self.jobs[i].spec
+                for n, v in zip(self.HP, (sp.learning_rate, il.SCHEDULES[sp.schedule], sp.warmup_steps,
+                                          len(self.batches[i]), sp.max_grad_norm, sp.weight_decay)):
+                    self.hp[n][k] = v
+        return reset, seeds, empty
+
+    def _live(self) -> list[int]:
+        return [k for k, a in enumerate(self.slots) if a is not None and not a.done]
+
+    def _rows(self) -> int:
+        """R for the next call: the largest power of two whose capacity (a) the live slots' next batches fill and
+        (b) spreads the remaining work over at least the longest remaining job's steps (one step per job per global
+        step: a larger capacity would leave the steps of the critical path half empty)."""
+        live = self._live()
+        demand = sum(self.slots[k].batch_len(self.slots[k].step) for k in live)
+        work = sum(self.slots[k].remaining_tokens() for k in live) + self.queued_tokens
+        critical = max([len(self.slots[k].batches) - self.slots[k].step for k in live] +
+                       [len(self.batches[i]) for i in self.queue] + [1])
+        target = min(demand, work / critical)
+        r = 1
+        while r * 2 <= self.max_rows and r * 2 * self.T <= target:
+            r *= 2
+        return max(r, self.min_rows)
+
+    def _order(self) -> list[int]:
+        live = self._live()
+        if self.queue:  # jobs wait: oldest first, so jobs finish and slots refill
+            return sorted(live, key=lambda k: (self.slots[k].admitted, k))
+        # drain: the critical path first (most remaining steps), then most remaining tokens
+        return sorted(live, key=lambda k: (-(len(self.slots[k].batches) - self.slots[k].step),
+                                           -self.slots[k].remaining_tokens(), k))
+
+    def next_call(self) -> _Call | None:
+        """Admit into free slots and plan the next call; None when every job is done."""
+        reset, seeds, empty = self._admit()
+        if not self._live():
+            return _Call(0, self.T, [], reset, seeds, dict(self.hp), empty) if empty else None
+        R = self._rows()
+        steps = []
+        for _ in range(self.cfg.steps_per_call):
+            order = self._order()
+            if not order:
+                break
+            placed = _pack(self.slots, order, R, self.T)
+            if not placed:  # cannot happen (R holds any one batch); guard against a silent hang
+                raise AssertionError("no batch fits a global step")
+            steps.append(_layout(placed, R, self.T, self.cfg.slots, self.Gm))
+            for k in sorted({p[1] for p in placed}):
+                a = self.slots[k]
+                a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
+                a.step += 1
+        return _Call(R, self.T, steps, reset, seeds, {k: v.copy() for k, v in self.hp.items()}, empty)
+
+    def after_call(self, failed: np.ndarray | None = None) -> list[tuple[int, _Active, bool]]:
+        """Free the slots whose job ended (all steps taken, or failed on the device): (slot, job, failed)."""
+        out = []
+        for k, a in enumerate(self.slots):
+            if a is not None and (a.done or (failed is not None and failed[k])):
+                out.append((k, a, bool(failed is not None and failed[k])))
+                self.slots[k] = None
+        return out
+
+
+def _pack(slots, order, R: int, T: int) -> list[tuple[int, int, int, _Seq]]:
+    """First fit of each selected slot's whole batch (longest sequence first); a slot whose batch does not fit
+    waits. Returns (row, slot, sequence number in the batch, sequence) placements."""
+    free = [T] * R
+    placed = []
+    for k in order:
+        a = slots[k]
+        seqs = sorted(((j, a.seqs[i]) for j, i in enumerate(a.batches[a.step])), key=lambda x: -len(x[1].tokens))
+        trial, ok = list(free), []
+        for j, s in seqs:
+            n = len(s.tokens)
+            row = next((r for r in range(R) if trial[r] >= n), None)
+            if row is None:
+                break
+            trial[row] -= n
+            ok.append((row, k, j, s))
+        if len(ok) == len(seqs):
+            free = trial
+            placed += ok
+    return placed
+
+
+def _layout(placed, R: int, T: int, K: int, Gm: int) -> dict[str, np.ndarray]:
+    """Placements -> the step's arrays: per row the sequences grouped by slot, then padding."""
+    tok = np.zeros((R, T), np.int32)
+    pos = np.zeros((R, T), np.int32)
+    seg = np.zeros((R, T), np.int32)
+    kv = np.zeros((R, T), np.int32)
+    w = np.zeros((R, T), np.float32)
+    slot = np.full((R, T), -1, np.int32)
+    gid, gsz = [], []
+    stepping = np.zeros(K, bool)
+    by_row: dict[int, list] = collections.defaultdict(list)
+    for p in placed:
+        by_row[p[0]].append(p)
+    for r in range(R):
+        used = 0
+        for i, (_, k, _, s) in enumerate(sorted(by_row[r], key=lambda p: (p[1], p[2]))):
+            n = len(s.tokens)
+            tok[r, used:used + n], w[r, used:used + n] = s.tokens, s.weights
+            seg[r, used:used + n] = i + 1
+            kv[r, used:used + n] = np.where(s.keys, i + 1, 0)
+            pos[r, used:used + n] = np.arange(n)
+            slot[r, used:used + n] = k
+            if gid and gid[-1] == k:  # contiguous with the previous run of this slot (same row, or a full row)
+                gsz[-1] += n
+            else:
+                gid.append(k)
+                gsz.append(n)
+            stepping[k] = True
+            used += n
+        if used < T:
+            gid.append(-1)
+            gsz.append(T - used)
+    if len(gid) > Gm:
+        raise AssertionError(f"{len(gid)} groups exceed the static bound {Gm}")
+    gid += [-1] * (Gm - len(gid))
+    gsz += [0] * (Gm - len(gsz))
+    return {"tokens": tok, "positions": pos, "segment_ids": seg, "kv_segment_ids": kv, "weights": w,
+            "token_slot": slot.reshape(-1), "group_ids": np.asarray(gid, np.int32),
+            "group_sizes": np.asarray(gsz, np.int32), "stepping": stepping}
+
+
+# ------------------------------------------------------------------------------------------------ the engine
+class Engine:
+    """Streams fine-tuning jobs through K resident adapter slots (see the module docstring)."""
+
+    def __init__(self, model: Model, lora_cfg: LoraConfig, cfg: EngineConfig = EngineConfig()):
+        if lora_cfg.dropout:
+            raise ValueError("the ragged engine does not apply LoRA dropout (its token stream mixes adapters); "
+                             "use the padded inner loop (seal_jax.inner_loop.train) for adapters with dropout")
+        self.model, self.lora_cfg, self.cfg = model, lora_cfg, cfg
+        self.stats = _new_stats()
+
+    def plan(self, jobs: Sequence[Job]) -> dict:
+        """The work of a stream without training it: the same admission, selection and packing as `run` (no job
+        fails), returning the accounting `run` would record (token slots, real tokens, global steps, calls, shapes)."""
+        sched, stats = _Scheduler(self.cfg, jobs), _new_stats()
+        while (call := sched.next_call()) is not None:
+            _account(stats, call)
+            sched.after_call()
+        return stats
+
+    def run(self, jobs: Sequence[Job]) -> Iterator[Finished]:
+        """Train every job; yields each `Finished` job (in finishing order) as soon as the call that ends it is done.
+        Every job is checked (sequence lengths against the row length) before any work starts."""
+        sched = _Scheduler(self.cfg, jobs)
+        G = self.cfg.steps_per_call
+        state = self._init_state()
+        while (call := sched.next_call()) is not None:
+            for i in call.empty:
+                yield self._empty(i, jobs[i])
+            if not call.steps:
+                continue
+            n = len(call.steps)
+            data = {key: np.stack([s[key] for s in call.steps] + [np.zeros_like(call.steps[0][key])] * (G - n))
+                    for key in call.steps[0]}
+            t0 = time.perf_counter()
+            state, losses, gnorms = _run_call(self.model, state, {k: jnp.asarray(v) for k, v in data.items()},
+                                              {k: jnp.asarray(v) for k, v in call.hp.items()},
+                                              jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(n))
+            losses, gnorms, dev_step, failed = jax.device_get((losses, gnorms, state.step, state.failed))
+            self.stats["train_seconds"] += time.perf_counter() - t0
+            _account(self.stats, call)
+            for k, a in enumerate(sched.slots):
+                if a is not None:
+                    took = data["stepping"][:n, k]
+                    a.losses += [float(x) for x in losses[:n, k][took] if np.isfinite(x)]
+                    a.grad_norms += [float(x) for x in gnorms[:n, k][took] if np.isfinite(x)]
+            for k, a, bad in sched.after_call(failed):
+                yield self._finish(a, state, k, int(dev_step[k]), bad)
+
+    def _init_state(self) -> SlotState:
+        K = self.cfg.slots
+        lora = init_lora(self.model.config, self.lora_cfg, jax.random.PRNGKey(0), num_adapters=K)
+        return SlotState(lora, jax.vmap(optim.init_state)(lora.weights), jnp.zeros((K,), jnp.int32),
+                         jnp.zeros((K,), bool))
+
+    def _finish(self, a: _Active, state: SlotState, k: int, steps: int, failed: bool) -> Finished:
+        lora = Lora(self.lora_cfg, _take(state.lora.weights, jnp.int32(k)))
+        failure = (f"non-finite loss or gradient at optimiser step {steps} of {len(a.batches)}" if failed else None)
+        return Finished(a.index, a.job, lora, steps, len(a.batches), a.losses, a.grad_norms, a.real_tokens,
+                        failed, failure)
+
+    def _empty(self, i: int, job: Job) -> Finished:
+        lora = Lora(self.lora_cfg, _fresh(self.model.config, self.lora_cfg, job.init_seed))
+        return Finished(i, job, lora, 0, 0, [], [], 0)
+
+
+def _new_stats() -> dict:
+    return {"token_slots": 0, "real_tokens": 0, "global_steps": 0, "calls": 0, "train_seconds": 0.0,
+            "shapes": collections.Counter()}
+
+
+def _account(stats: dict, call: _Call) -> None:
+    if not call.steps:
+        return
+    stats["calls"] += 1
+    stats["global_steps"] += len(call.steps)
+    stats["token_slots"] += len(call.steps) * call.R * call.T
+    stats["real_tokens"] += call.real_tokens
+    stats["shapes"][(call.R, call.T)] += 1
