@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash")  # see seal_jax/models/attention.py
 
 
 class ConfigError(ValueError):
@@ -49,12 +50,15 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
     remat: bool = False  # rematerialise each layer in the backward pass
+    attention: str = "auto"  # attention backend (ATTENTION_IMPLEMENTATIONS); a runtime choice, not in config.json
 
     def __post_init__(self):
         if self.family not in ("qwen2", "llama"):
             raise ConfigError(f"unsupported model family {self.family!r} (supported: qwen2, llama)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"unknown attention {self.attention!r} (allowed: {', '.join(ATTENTION_IMPLEMENTATIONS)})")
 
     @property
     def architecture(self) -> str:
