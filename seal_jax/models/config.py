@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash")  # see seal_jax/models/attention.py
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,7 @@ class ModelConfig:
     # How a ragged multi-adapter token stream applies LoRA (seal_jax.models.grouped): auto | tiled | ragged_dot.
     lora_backend: str = "auto"
     remat: bool = False  # rematerialise each layer in the backward pass
+    attention: str = "auto"  # attention backend (ATTENTION_IMPLEMENTATIONS); a runtime choice, not in config.json
 
     def __post_init__(self):
         if self.family not in ("qwen2", "llama"):
@@ -59,6 +61,8 @@ class ModelConfig:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         if self.lora_backend not in ("auto", "tiled", "ragged_dot"):
             raise ConfigError(f"unknown lora_backend {self.lora_backend!r} (auto, tiled or ragged_dot)")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ConfigError(f"unknown attention {self.attention!r} (allowed: {', '.join(ATTENTION_IMPLEMENTATIONS)})")
 
     @property
     def architecture(self) -> str:

@@ -21,12 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seal_jax.models.attention import attend
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.grouped import grouped_lora
 from seal_jax.models.rope import apply_rope, rope_tables
 
 Array = jax.Array
-_MASKED = -1e30  # large negative instead of -inf: a fully masked (padding) query row stays finite
 
 # LoRA target names -> (input features, output features) as flat matrices.
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -127,10 +127,8 @@ class Attention(nn.Module):
         k = apply_rope(proj("k", K), cos, sin)  # [B, T, K, Dh]
         v = proj("v", K)  # [B, T, K, Dh]
 
-        q_slot = jnp.arange(T, dtype=jnp.int32)  # [T]
         if cache is None:
             keys, values, kv_seg = k, v, kv_segment_ids  # [B, S=T, K, Dh], [B, S]
-            kv_slot = q_slot
         else:
             # Write this chunk into the stacked cache in place (carried through the layer scan, donated by callers).
             k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
@@ -141,19 +139,10 @@ class Attention(nn.Module):
             keys = jax.lax.dynamic_index_in_dim(k_all, layer_idx, 0, keepdims=False).astype(x.dtype)  # [B,S,K,Dh]
             values = jax.lax.dynamic_index_in_dim(v_all, layer_idx, 0, keepdims=False).astype(x.dtype)
             kv_seg = cache["seg"]  # [B, S]
-            kv_slot = jnp.arange(kv_seg.shape[1], dtype=jnp.int32)
-            q_slot = q_slot + cache_index
 
-        mask = ((kv_slot[None, None, :] <= q_slot[None, :, None])
-                & (kv_seg[:, None, :] == segment_ids[:, :, None])
-                & (kv_seg[:, None, :] != 0))  # [B, T, S]
-
-        qg = q.reshape(B, T, K, H // K, Dh)  # [B, T, K, G, Dh]
-        logits = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
-        logits = logits * (Dh ** -0.5)
-        logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)  # [B, K, G, T, S]
-        probs = jax.nn.softmax(logits, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, values).reshape(B, T, H, Dh)  # [B, T, H, Dh]
+        # query t sits at cache slot cache_index + t (slot t without a cache); see seal_jax/models/attention.py
+        out = attend(q, keys, values, segment_ids, kv_seg, 0 if cache is None else cache_index,
+                     cfg.attention)  # [B, T, H, Dh]
 
         y = Linear((H, Dh, D), "bthk,hkd->btd", None, self.param_dtype, name="o")(out)  # [B, T, D]
         d = lora_delta(out.reshape(B, T, H * Dh), lora, "o", cfg.lora_backend)
