@@ -54,3 +54,29 @@ def hf_tiny(request, tmp_path_factory):
     """(family, torch model, checkpoint dir) for each family."""
     path = str(tmp_path_factory.mktemp(f"hf_{request.param}"))
     return request.param, build_hf_model(request.param, path), path
+
+
+def scaled_model(cfg, seed: int = 0, scale: float = 10.0):
+    """`seal_jax.init_model(cfg, seed)` with every weight except the norm scales multiplied by `scale`.
+
+    init_model draws normal(0.02) weights; on the tied tiny-llama such a model only repeats the last prompt token
+    under greedy decoding (the token's own embedding dominates the final hidden state), so greedy tests on it could
+    hardly fail. normal(0.2) (scale 10, like initializer_range=0.2 for transformers) gives outputs that vary from
+    token to token and from row to row.
+    """
+    import jax
+
+    import seal_jax
+
+    model = seal_jax.init_model(cfg, seed=seed)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x if "norm" in jax.tree_util.keystr(path) else x * scale, model.params)
+    return seal_jax.Model(model.config, params)
+
+
+def assert_varied(rows, min_distinct: int = 3):
+    """Greedy rows that could reveal a bug: each row has >= min_distinct distinct tokens and no two rows agree."""
+    rows = [list(r) for r in rows]
+    distinct = [len(set(r)) for r in rows]
+    assert min(distinct) >= min_distinct, f"degenerate greedy rows (distinct tokens per row: {distinct})"
+    assert len({tuple(r) for r in rows}) == len(rows), f"identical greedy rows: {rows}"

@@ -35,9 +35,18 @@ def test_killed_sft_resumes_mid_epoch(tmp_path):
     model = seal_jax.init_model(seal_jax.get_preset("tiny-llama"), seed=0)
     prompts, completions = _rows(1)
     full, full_losses = sft.train_sft(model, prompts, completions, eos_id=2, cfg=CFG)
+    total = len(full_losses)  # ceil(7 * 3 / 3) = 7
     ckpt = str(tmp_path / "sft")
-    sft.train_sft(model, prompts, completions, eos_id=2, cfg=CFG, checkpoint_dir=ckpt, stop_after=3)  # killed
-    resumed, losses = sft.train_sft(model, prompts, completions, eos_id=2, cfg=CFG, checkpoint_dir=ckpt)
+    first_steps, resumed_steps = [], []
+    sft.train_sft(model, prompts, completions, eos_id=2, cfg=CFG, checkpoint_dir=ckpt, stop_after=3,
+                  log=lambda step, loss: first_steps.append(step))  # killed after 3 steps
+    assert first_steps == [0, 1, 2]
+    resumed, losses = sft.train_sft(model, prompts, completions, eos_id=2, cfg=CFG, checkpoint_dir=ckpt,
+                                    log=lambda step, loss: resumed_steps.append((step, loss)))
+    # The resumed call must start at the saved step and run only the remaining ones (training is deterministic, so a
+    # restart from step 0 would reproduce the same losses and weights: only the step log tells the two apart).
+    assert [s for s, _ in resumed_steps] == list(range(3, total))
+    np.testing.assert_allclose([l for _, l in resumed_steps], full_losses[3:], rtol=1e-6)
     np.testing.assert_allclose(losses, full_losses, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(full.weights), jax.tree.leaves(resumed.weights)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
