@@ -35,6 +35,7 @@ import warnings
 import jax
 import numpy as np
 
+from experiments import workloads
 from seal_jax import generation
 from seal_jax import inner_loop as il
 from seal_jax.lora import Lora, LoraConfig, init_lora, num_lora_params
@@ -264,13 +265,70 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
     return r
 
 
+def bench_workload(args) -> int:
+    """One JSON line: the useful token fraction of the ragged engine and of the padded layout on the whole workload
+    (counted from their plans: every token slot their compiled training programs compute), and both timed end to
+    end on the first --time-jobs jobs in the same process."""
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    w = workloads.build(args.workload, n_tasks=args.arc_tasks, max_sequences=args.arc_max_sequences)
+    args.preset = args.preset or ("tiny-qwen2" if args.workload == "knowledge-seal" else "tiny-llama")
+    cfg = get_preset(args.preset).replace(vocab_size=max(w.vocab_size, _real_vocab(args.workload)))
+    if args.remat:
+        cfg = cfg.replace(remat=True)
+    model = init_model(cfg, seed=0, dtype=args.dtype)
+    real = w.real_tokens
+    ragged = workloads.count_ragged(w, model, slots=args.slots, tokens_per_step=args.tokens_per_step)
+    padded = workloads.count_padded(w)
+    assert ragged["real_tokens"] == padded["real_tokens"] == real, (ragged["real_tokens"], padded["real_tokens"], real)
+    r = {"workload": w.name, "jobs": len(w.jobs), "real_tokens": real,
+         "useful_token_fraction": round(real / ragged["token_slots"], 4), "token_slots": ragged["token_slots"],
+         "global_steps": ragged["global_steps"], "shapes": {f"{a}x{b}": n for (a, b), n in
+                                                             sorted(ragged["shapes"].items())},
+         "padded_useful_token_fraction": round(real / padded["token_slots"], 4),
+         "padded_token_slots": padded["token_slots"], "padded_adapters_per_batch": w.adapters_per_batch,
+         "slots": args.slots or w.slots, "tokens_per_step": args.tokens_per_step or w.tokens_per_step,
+         "lora": {"rank": w.lora.rank, "alpha": w.lora.alpha, "targets": list(w.lora.targets)},
+         "loss_mode": w.loss_mode, "preset": args.preset, "vocab_size": cfg.vocab_size, "dtype": args.dtype,
+         "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    if args.workload == "arc-seal":
+        r.update(arc_tasks=args.arc_tasks, arc_max_sequences=args.arc_max_sequences)
+    if not args.no_timing:
+        n = args.time_jobs or (5 if args.workload == "arc-seal" else len(w.jobs))
+        sub = w.subset(n)
+        r["compile_s"] = round(workloads.warm_up(sub, model, args.slots, args.tokens_per_step), 2)
+        rg = workloads.run_ragged(sub, model, args.slots, args.tokens_per_step)
+        pd = workloads.run_padded(sub, model, max_steps=args.padded_max_steps)
+        k = len(sub.jobs)
+        for name, res in (("ragged", rg), ("padded", pd)):
+            r[f"{name}_time"] = {key: round(res[key], 3) for key in ("train_s", "train_cpu_s", "answer_s",
+                                                                      "answer_cpu_s")}
+            r[f"{name}_time"].update(token_slots=res["token_slots"], real_tokens=res["real_tokens"])
+            r[f"seconds_per_self_edit_{name}"] = round((res["train_s"] + res["answer_s"]) / k, 4)
+            r[f"cpu_seconds_per_self_edit_{name}"] = round((res["train_cpu_s"] + res["answer_cpu_s"]) / k, 4)
+        r["timed_jobs"] = k
+        r["timed_useful_token_fraction"] = round(rg["real_tokens"] / rg["token_slots"], 4)
+        r["padded_train_time_scaled"] = pd["train_time_scaled"]
+        r["padded_max_steps"] = args.padded_max_steps
+        r["speedup"] = round(r["seconds_per_self_edit_padded"] / r["seconds_per_self_edit_ragged"], 3)
+        r["cpu_speedup"] = round(r["cpu_seconds_per_self_edit_padded"] / r["cpu_seconds_per_self_edit_ragged"], 3)
+    print(json.dumps(r) if args.json else "\n".join(f"{k}: {v}" for k, v in r.items()), flush=True)
+    return 0
+
+
+def _real_vocab(workload: str) -> int:
+    """The real models' vocabulary sizes (the embedding rows, padded beyond the tokenizer's ids)."""
+    return get_preset("qwen2.5-7b" if workload == "knowledge-seal" else "llama-3.2-1b").vocab_size
+
+
 def _fmt(x, unit="s"):
     return "-" if x is None else f"{x:.3f} {unit}"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="small-qwen2")
+    ap.add_argument("--preset", default=None,
+                    help="model shape (default small-qwen2; with --workload tiny-qwen2 / tiny-llama, the real "
+                         "model's family, with its vocabulary replaced by the real model's)")
     ap.add_argument("--adapters", default="1,4,16", help="N, or a comma-separated list of N")
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per training example (exactly)")
     ap.add_argument("--steps", type=int, default=10, help="optimiser steps per adapter")
@@ -291,7 +349,23 @@ def main(argv=None):
                     help="time the whole self-edit evaluation: training + answering its questions (default)")
     ap.add_argument("--no-eval", dest="eval", action="store_false", help="time training only")
     ap.add_argument("--json", action="store_true", help="one JSON line per N")
+    w = ap.add_argument_group("real workloads (--workload): SEAL's self-edits / ARC tasks, real tokenizers")
+    w.add_argument("--workload", default=None, choices=list(workloads.WORKLOADS),
+                   help="count the token slots of the ragged engine and the padded layout on the whole workload, "
+                        "and time both end to end (training + answering) on --time-jobs of its jobs")
+    w.add_argument("--time-jobs", type=int, default=None,
+                   help="jobs timed on both sides (default: all for knowledge-seal, the first task's for arc-seal)")
+    w.add_argument("--slots", type=int, default=None, help="engine slots (default: the workload's)")
+    w.add_argument("--tokens-per-step", type=int, default=None, help="engine capacity (default: the workload's)")
+    w.add_argument("--padded-max-steps", type=int, default=None,
+                   help="train each padded plan only this many steps and scale its time by its steps (constant-cost "
+                        "steps); default: train every plan to the end")
+    w.add_argument("--arc-tasks", type=int, default=10, help="arc-seal: seal-eval tasks (of 10)")
+    w.add_argument("--arc-max-sequences", type=int, default=250, help="arc-seal: the TTT cap (original: 250)")
+    w.add_argument("--no-timing", action="store_true", help="count token slots only")
     args = ap.parse_args(argv)
+    if args.workload:
+        return bench_workload(args)
     if min(args.seq_len, args.steps, args.examples, args.batch_size, args.repeats) < 1:
         ap.error("--seq-len, --steps, --examples, --batch-size and --repeats must be >= 1")
     if args.eval and min(args.questions, args.prompt_len, args.new_tokens) < 1:
@@ -299,6 +373,7 @@ def main(argv=None):
 
     # CPU cannot donate buffers; the library donates on purpose, the warning is noise here.
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    args.preset = args.preset or "small-qwen2"
     ns = [int(x) for x in args.adapters.split(",")]
     if min(ns) < 1:
         ap.error("--adapters must be >= 1")

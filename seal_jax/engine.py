@@ -197,7 +197,7 @@ def _global_step(model: Model, state: SlotState, batch, hp):
     K = state.step.shape[0]
     R, T = batch["tokens"].shape
 
-    def loss_fn(w):
+    def loss_fn(w, batch):
         tree = Lora(lora_cfg, w).ragged_tree(batch["group_ids"], batch["group_sizes"])
         hidden, _ = model.apply(batch["tokens"], batch["positions"], batch["segment_ids"], lora=tree,
                                 kv_segment_ids=batch["kv_segment_ids"], output="hidden")  # [R, T, D]
@@ -210,22 +210,53 @@ def _global_step(model: Model, state: SlotState, batch, hp):
         per_slot = tot / jnp.maximum(cnt, 1.0)  # mean over each slot's own targets, as the padded step
         return jnp.sum(per_slot), per_slot
 
-    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora.weights)
-    gnorm = jax.vmap(optax.global_norm)(grads)  # [K]
+    def compute(b):
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.lora.weights, b)
+        return loss, grads, jax.vmap(optax.global_norm)(grads)  # [K], [K, ...], [K]
+
+    stepping = batch["stepping"] & ~state.failed & (state.step < hp["total_steps"])
+    loss, grads, gnorm = compute(batch)
+    bad = stepping & ~(jnp.isfinite(loss) & jnp.isfinite(gnorm))
+
+    def without_culprits(_):
+        # A slot whose own loss is non-finite diverged (the forward keeps others finite: see attention.attend and
+        # grouped._tiled). The backward cannot keep it out of its neighbours' gradients (a masked score's zero
+        # cotangent times its nan query is nan), so the step is recomputed with its tokens made padding.
+        culprit = stepping & ~jnp.isfinite(loss)
+        culprit = jnp.where(jnp.any(culprit), culprit, bad)  # a backward-only overflow: drop every such slot
+        l2, g2, n2 = compute(_drop_slots(batch, culprit))
+        return jnp.where(culprit, jnp.nan, l2), g2, n2, culprit
+
+    loss, grads, gnorm, dropped = jax.lax.cond(
+        jnp.any(bad), without_culprits, lambda _: (loss, grads, gnorm, jnp.zeros_like(bad)), None)
 
     def update(g, o, w, h):
         updates, new_o = il.optimizer(h).update(g, o, w)
         return optax.apply_updates(w, updates), new_o
 
     new_w, new_o = jax.vmap(update)(grads, state.opt_state, state.lora.weights, hp)
-    active = batch["stepping"] & ~state.failed & (state.step < hp["total_steps"])
-    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    active = stepping
+    finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & ~dropped
     apply = active & finite
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(apply.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
     state = SlotState(Lora(lora_cfg, keep(new_w, state.lora.weights)), keep(new_o, state.opt_state),
                       state.step + apply.astype(jnp.int32), state.failed | (active & ~finite))
     return state, jnp.where(active, loss, jnp.nan), jnp.where(active, gnorm, jnp.nan)
+
+
+def _drop_slots(batch, drop):
+    """The step's stream with the tokens of slots `drop` [K] turned into padding (no key, no loss, no adapter)."""
+    slot = batch["token_slot"]  # [R*T]
+    R, T = batch["tokens"].shape
+    gone = ((slot >= 0) & drop[jnp.maximum(slot, 0)]).reshape(R, T)
+    zero = lambda x: jnp.where(gone, 0, x).astype(x.dtype)
+    gid = batch["group_ids"]
+    return {**batch, "tokens": zero(batch["tokens"]), "segment_ids": zero(batch["segment_ids"]),
+            "kv_segment_ids": zero(batch["kv_segment_ids"]), "weights": zero(batch["weights"]),
+            "positions": zero(batch["positions"]), "token_slot": jnp.where(gone.reshape(-1), -1, slot),
+            "group_ids": jnp.where((gid >= 0) & drop[jnp.maximum(gid, 0)], -1, gid),
+            "stepping": batch["stepping"] & ~drop}
 
 
 @functools.partial(jax.jit, donate_argnames=("state",))
@@ -460,16 +491,41 @@ class Engine:
         """The work of a stream without training it: the same admission, selection and packing as `run` (no job
         fails), returning the accounting `run` would record (token slots, real tokens, global steps, calls, shapes)."""
         sched, stats = _Scheduler(self.cfg, jobs), _new_stats()
+        stats["finish_order"] = []  # job indices in the order `run` hands them out (none failing)
         while (call := sched.next_call()) is not None:
             _account(stats, call)
-            sched.after_call()
+            stats["finish_order"] += call.empty + [a.index for _, a, _ in sched.after_call()]
         return stats
+
+    def compile(self, jobs: Sequence[Job]) -> set[tuple[int, int]]:
+        """Compile the program of every call shape `run(jobs)` will use (each run once with zero steps), so that
+        timing `run` measures no compilation. Returns the (R, T) shapes."""
+        sched = _Scheduler(self.cfg, jobs)
+        shapes: dict[tuple[int, int], _Call] = {}
+        while (call := sched.next_call()) is not None:
+            if call.steps:
+                shapes.setdefault((call.R, call.T), call)
+            sched.after_call()
+        state = self._init_state()
+        for call in shapes.values():
+            data, _ = self._data(call)
+            state = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
+                              jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(0))[0]
+        jax.block_until_ready(state.step)
+        return set(shapes)
+
+    def _data(self, call: _Call) -> tuple[dict, np.ndarray]:
+        """A call's steps stacked to [steps_per_call, ...] device arrays (unused steps zero); and the host
+        `stepping` table [steps, K]."""
+        G, n = self.cfg.steps_per_call, len(call.steps)
+        data = {key: np.stack([s[key] for s in call.steps] + [np.zeros_like(call.steps[0][key])] * (G - n))
+                for key in call.steps[0]}
+        return {k: jnp.asarray(v) for k, v in data.items()}, data["stepping"][:n]
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Finished]:
         """Train every job; yields each `Finished` job (in finishing order) as soon as the call that ends it is done.
         Every job is checked (sequence lengths against the row length) before any work starts."""
         sched = _Scheduler(self.cfg, jobs)
-        G = self.cfg.steps_per_call
         state = self._init_state()
         while (call := sched.next_call()) is not None:
             for i in call.empty:
@@ -477,18 +533,16 @@ class Engine:
             if not call.steps:
                 continue
             n = len(call.steps)
-            data = {key: np.stack([s[key] for s in call.steps] + [np.zeros_like(call.steps[0][key])] * (G - n))
-                    for key in call.steps[0]}
+            data, stepping = self._data(call)
             t0 = time.perf_counter()
-            state, losses, gnorms = _run_call(self.model, state, {k: jnp.asarray(v) for k, v in data.items()},
-                                              {k: jnp.asarray(v) for k, v in call.hp.items()},
+            state, losses, gnorms = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
                                               jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(n))
             losses, gnorms, dev_step, failed = jax.device_get((losses, gnorms, state.step, state.failed))
             self.stats["train_seconds"] += time.perf_counter() - t0
             _account(self.stats, call)
             for k, a in enumerate(sched.slots):
                 if a is not None:
-                    took = data["stepping"][:n, k]
+                    took = stepping[:, k]
                     a.losses += [float(x) for x in losses[:n, k][took] if np.isfinite(x)]
                     a.grad_norms += [float(x) for x in gnorms[:n, k][took] if np.isfinite(x)]
             for k, a, bad in sched.after_call(failed):

@@ -41,9 +41,9 @@ from seal_jax.buckets import batch_bucket, bucket
 from seal_jax.losses import next_token_nll
 from seal_jax.lora import Lora
 from seal_jax.models.model import Model
-from seal_jax.optim import SCHEDULES, lr_at  # noqa: F401  (re-exported: the inner loop's public vocabulary)
-
 LOSS_MODES = ("all", "completion", "compat_padding")
+SCHEDULES = optim.SCHEDULES  # the inner loop's public vocabulary (TrainSpec.schedule), defined with the optimiser
+lr_at = optim.lr_at
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.model import Model, as_dtype

@@ -25,7 +25,7 @@ from seal_jax import generation, inner_loop as il
 from seal_jax.knowledge.data import Passage
 from seal_jax.knowledge.prompts import format_answer_prompts
 from seal_jax.knowledge.sequences import build_train_sequences
-from seal_jax.lora import Lora, LoraConfig, init_lora, stack_adapters
+from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 from seal_jax.models.model import Model
 
 GradeFn = Callable[[Sequence[str], Sequence[str], Sequence[str]], list[bool]]  # (questions, golds, predictions)

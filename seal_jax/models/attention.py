@@ -47,8 +47,15 @@ __all__ = ["ATTENTION_IMPLEMENTATIONS", "attend", "attention_mask", "select_impl
 
 def attend(q: Array, k: Array, v: Array, q_segment_ids: Array, kv_segment_ids: Array, q_offset=0,
            implementation: str = "auto") -> Array:
-    """Masked multi-head attention (GQA when K < H); returns [B, T, H, Dh] in q's dtype. See the module docstring."""
+    """Masked multi-head attention (GQA when K < H); returns [B, T, H, Dh] in q's dtype. See the module docstring.
+
+    Non-finite keys and values are zeroed first: a masked key still enters the score and value contractions with
+    weight exactly 0, and 0 * nan = nan, so one non-finite token (an adapter that diverged) would otherwise reach
+    every query of its row, including other sequences packed beside it. The token's own sequence stays non-finite
+    through its residual stream, so a divergence is still seen where it happened."""
     name, _ = _select(implementation, q, k, q_offset, _platform())
+    k = jnp.where(jnp.isfinite(k), k, 0).astype(k.dtype)
+    v = jnp.where(jnp.isfinite(v), v, 0).astype(v.dtype)
     return _BACKENDS[name](q, k, v, q_segment_ids, kv_segment_ids, q_offset)
 
 

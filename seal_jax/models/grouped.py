@@ -72,10 +72,12 @@ def _tiled(x, a, b, scale, group_ids, group_sizes, tile: int):
     k = jnp.maximum(adapter, 0)
     idx = block[:, None] * tile + jnp.arange(tile)[None, :]  # [P, tile] token index of each tile slot
     mask = on[:, None] & (idx >= starts[:, None]) & (idx < ends[:, None])  # [P, tile]
-    xt = x.reshape(nb, tile, d_in)[block]  # [P, tile, in]
+    # Selects (not multiplies) keep other groups' tokens out of a tile in both directions: a non-finite token or
+    # adapter of one group never reaches another's values or gradients (0 * nan = nan).
+    xt = jnp.where(mask[..., None], x.reshape(nb, tile, d_in)[block], 0.0)  # [P, tile, in]
     h = jnp.einsum("ptd,pdr->ptr", xt, a[k])  # [P, tile, r]
-    h = jnp.where(mask[..., None], h, 0.0)
     y = jnp.einsum("ptr,pro->pto", h, b[k]) * scale[k][:, None, None]  # [P, tile, out]
+    y = jnp.where(mask[..., None], y, 0.0)
     out = jnp.zeros((nb, tile, y.shape[-1]), y.dtype).at[block].add(y)  # [nb, tile, out]
     return out.reshape(N, -1)
 

@@ -161,10 +161,8 @@ def test_vmap_of_grad(fn):
 def test_selection():
     sel = attn.select_implementation
     q = jax.ShapeDtypeStruct((2, 64, 8, 64), jnp.bfloat16)
-    q32 = jax.ShapeDtypeStruct((2, 64, 8, 64), jnp.float32)
     k = jax.ShapeDtypeStruct((2, 64, 2, 64), jnp.bfloat16)
     kc = jax.ShapeDtypeStruct((2, 256, 2, 64), jnp.bfloat16)  # a KV cache
-    q1 = jax.ShapeDtypeStruct((2, 1, 8, 64), jnp.bfloat16)
     assert sel("auto", q, k, 0, "cpu") == "einsum"
     for name in ("einsum", "xla"):
         assert sel(name, q, k, 0, "tpu") == name

@@ -1,0 +1,146 @@
+"""The ragged engine: every streamed adapter equals training it alone; a diverging adapter is isolated; the dry
+planner counts exactly the work `run` does; one compiled program per shape bucket."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import seal_jax
+from seal_jax import engine as eng
+from seal_jax import inner_loop as il
+from seal_jax.lora import LoraConfig, init_lora, stack_adapters
+
+LORA = LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "down"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return seal_jax.init_model(seal_jax.get_preset("tiny-qwen2"), seed=0)
+
+
+def _examples(rng, n, lo=6, hi=30, prompt=False):
+    out = []
+    for _ in range(n):
+        toks = rng.integers(3, 512, rng.integers(lo, hi)).tolist()
+        if prompt:  # completion-only loss: the first third is a prompt
+            p = len(toks) // 3
+            out.append(il.Example.from_prompt_completion(toks[:p], toks[p:]))
+        else:
+            out.append(il.Example(tuple(toks)))
+    return out
+
+
+def _alone(model, job: eng.Job, loss_mode="all", compat_length=2048):
+    """The same job on the padded layout, K = 1: a different code path (vmapped, rows padded)."""
+    lora = stack_adapters([init_lora(model.config, LORA, jax.random.PRNGKey(job.init_seed))])
+    plan = il.build_plan([job.examples], [job.spec], loss_mode=loss_mode, compat_length=compat_length)
+    return il.train_adapters(model, lora, plan)
+
+
+def _assert_equal_alone(model, done: eng.Finished, loss_mode="all", compat_length=2048, tol=1e-5):
+    ref = _alone(model, done.job, loss_mode, compat_length)
+    n = int(ref.step[0])
+    assert done.steps == n == done.total_steps
+    for a, b in zip(jax.tree.leaves(done.lora.weights), jax.tree.leaves(ref.lora.weights)):
+        assert np.abs(np.asarray(a) - np.asarray(b[0])).max() < tol
+    np.testing.assert_allclose(done.losses, np.asarray(ref.losses[0, :n]), rtol=1e-5)
+    np.testing.assert_allclose(done.grad_norms, np.asarray(ref.grad_norms[0, :n]), rtol=1e-4)
+
+
+def test_streamed_adapters_equal_alone(model):
+    """Six heterogeneous jobs through three slots (three join mid-stage), two of them clipped on most steps."""
+    rng = np.random.default_rng(0)
+    specs = [il.TrainSpec(learning_rate=1e-3, schedule="linear", epochs=3, seed=1),
+             il.TrainSpec(learning_rate=3e-3, schedule="cosine", warmup_steps=2, epochs=2, batch_size=2, seed=2),
+             il.TrainSpec(learning_rate=5e-4, schedule="constant", max_steps=7, seed=3, max_grad_norm=0.05),
+             il.TrainSpec(learning_rate=2e-3, schedule="linear", epochs=1, weight_decay=0.1, seed=4),
+             il.TrainSpec(learning_rate=2e-3, schedule="linear", epochs=2, batch_size=3, seed=5, max_grad_norm=0.1),
+             il.TrainSpec(learning_rate=2e-3, epochs=4, seed=6)]
+    sizes = [3, 5, 2, 4, 6, 1]
+    jobs = [eng.Job(_examples(rng, n, hi=40 if i == 1 else 30), sp, init_seed=10 + i)
+            for i, (n, sp) in enumerate(zip(sizes, specs))]
+    e = eng.Engine(model, LORA, eng.EngineConfig(slots=3, max_tokens_per_step=64, steps_per_call=4))
+    out = {d.index: d for d in e.run(jobs)}
+    assert sorted(out) == list(range(6)) and not any(d.failed for d in out.values())
+    for d in out.values():
+        _assert_equal_alone(model, d)
+    clipped = np.asarray(out[2].grad_norms) > 0.05
+    assert clipped.mean() > 0.5  # the clip of job 2 takes effect
+    assert e.stats["real_tokens"] == sum(d.real_tokens for d in out.values())
+
+
+@pytest.mark.parametrize("loss_mode", ["completion", "compat_padding"])
+def test_loss_masks_equal_alone(model, loss_mode):
+    rng = np.random.default_rng(1)
+    jobs = [eng.Job(_examples(rng, n, prompt=True), il.TrainSpec(epochs=2, batch_size=b, seed=i), init_seed=i)
+            for i, (n, b) in enumerate([(3, 1), (4, 2), (2, 2)])]
+    compat = 48  # the original pads every sequence to 2048; a short length keeps the test fast
+    e = eng.Engine(model, LORA, eng.EngineConfig(slots=2, max_tokens_per_step=128, loss_mode=loss_mode,
+                                                 compat_length=compat))
+    for d in e.run(jobs):
+        _assert_equal_alone(model, d, loss_mode, compat)
+
+
+def test_diverging_adapter_is_isolated(model, monkeypatch):
+    """Slot 1's adapter is nan from the start: it is marked failed at its first step; the others, packed in the same
+    rows, equal training alone."""
+    rng = np.random.default_rng(2)
+    jobs = [eng.Job(_examples(rng, 3), il.TrainSpec(epochs=2, seed=i), init_seed=100 + i) for i in range(3)]
+    fresh = eng._fresh
+
+    def poisoned(cfg, lcfg, seed):
+        w = fresh(cfg, lcfg, seed)
+        return jax.tree.map(lambda x: jnp.where(seed == 101, jnp.nan, x), w)
+
+    jax.clear_caches()
+    monkeypatch.setattr(eng, "_fresh", poisoned)
+    try:
+        e = eng.Engine(model, LORA, eng.EngineConfig(slots=3, max_tokens_per_step=4096))
+        out = {d.index: d for d in e.run(jobs)}
+    finally:
+        jax.clear_caches()
+    assert out[1].failed and out[1].steps == 0 and "non-finite" in out[1].failure
+    rows = e.stats["global_steps"]
+    assert e.stats["shapes"] and rows > 0
+    for i in (0, 2):
+        assert not out[i].failed
+        _assert_equal_alone(model, out[i])
+
+
+def test_plan_counts_what_run_does_and_empty_jobs(model):
+    rng = np.random.default_rng(3)
+    jobs = [eng.Job(_examples(rng, n), il.TrainSpec(epochs=e, seed=i), init_seed=i)
+            for i, (n, e) in enumerate([(4, 2), (0, 3), (3, 0), (6, 1), (2, 3)])]
+    cfg = eng.EngineConfig(slots=2, max_tokens_per_step=96, steps_per_call=3)
+    planned = eng.Engine(model, LORA, cfg).plan(jobs)
+    e = eng.Engine(model, LORA, cfg)
+    out = list(e.run(jobs))
+    assert [d.index for d in out] == planned["finish_order"]
+    for key in ("token_slots", "real_tokens", "global_steps", "calls", "shapes"):
+        assert e.stats[key] == planned[key], key
+    empty = {d.index: d for d in out if d.steps == 0}
+    assert sorted(empty) == [1, 2]  # no examples; zero epochs: the fresh adapter (B = 0: the base model)
+    ref = init_lora(model.config, LORA, jax.random.PRNGKey(2))
+    for a, b in zip(jax.tree.leaves(empty[2].lora.weights), jax.tree.leaves(ref.weights)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert e.stats["real_tokens"] == sum(min(len(j.examples[i].tokens), cfg.max_length) for j in jobs
+                                         for b in il.batch_schedule(len(j.examples), j.spec) for i in b)
+
+
+def test_one_program_per_shape_bucket(model):
+    """Each distinct (rows, row length) shape is compiled once, however many calls, jobs and streams use it."""
+    rng = np.random.default_rng(4)
+    cfg = eng.EngineConfig(slots=4, max_tokens_per_step=128, steps_per_call=4)
+    lcfg = LoraConfig(rank=2, alpha=4.0, targets=("q", "v"))  # a LoRA shape no other test uses
+    make = lambda: [eng.Job(_examples(rng, n, lo=20, hi=30), il.TrainSpec(epochs=2, seed=int(n)), init_seed=int(n))
+                    for n in rng.integers(2, 6, 6)]
+    before = eng.TRACE_COUNTS["run_call"]
+    e1 = eng.Engine(model, lcfg, cfg)
+    list(e1.run(make()))
+    first = eng.TRACE_COUNTS["run_call"] - before
+    assert first == len(e1.stats["shapes"])
+    e2 = eng.Engine(model, lcfg, cfg)
+    list(e2.run(make()))
+    assert len(e1.stats["shapes"]) >= 1 and e2.stats["calls"] > len(e2.stats["shapes"])  # calls reuse programs
+    assert eng.TRACE_COUNTS["run_call"] - before == len(set(e1.stats["shapes"]) | set(e2.stats["shapes"]))
