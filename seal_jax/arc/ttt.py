@@ -398,7 +398,7 @@ def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[
     order). A task's adapters equal training each alone (`seal_jax.engine`), whatever tasks share the stream.
 
     data_cache: {(task_key(task), augmenter names): TTTData}, shared by the configurations and tasks of the stream
-    (and by later calls given the same dict). stats: filled with the engine's accounting (token slots, real tokens,
+    (and by later calls given the same dict, which must use the same tokenizer and data options). stats: filled with the engine's accounting (token slots, real tokens,
     global steps, calls, shapes, train_seconds, plus jobs and slots) before every yield.
 
     Seconds: the tasks share the engine's steps, so a task's `seconds` is the time the stream spent on training since
