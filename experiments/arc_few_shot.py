@@ -27,12 +27,24 @@ reward 0 and its reason recorded (never an exception, at most `--self-edit-attem
 oracle are fractions of tasks. A task counts as solved only when every one of its test inputs has its output among
 the two voted attempts (pass@2, all-or-nothing per task).
 
+Test-time training runs on the ragged multi-adapter engine (`seal_jax.engine`, through
+`seal_jax.arc.ttt.evaluate_tasks`): a TTT phase (train, eval-base, seal) or the oracle puts every distinct (task,
+configuration) pair of its unfinished tasks into ONE stream of `--slots` adapters (alias `--adapters-per-batch`;
+default 16 whatever the candidates per task, since slots are refilled from the next task's jobs as adapters finish),
+each optimiser step one packed token stream of at most `--tokens-per-step` tokens. As soon as all of a task's adapters
+are trained, its augmented inference runs with them and its evals.jsonl line is appended. Every adapter equals
+training it alone, so results do not depend on which tasks share the stream. In a stream, tasks share the engine's
+steps: a task's `seconds` (evals.jsonl, `task_done` events, and `seconds_per_self_edit` = seconds / trained
+self-edits) is the wall time since the previous task of the phase finished (the first task's includes building the
+TTT data of all of them); each self-edit's `train_seconds` is its task's share of the stream's training (the training
+time since the previous task was handed out, plus its own data building) and `inference_seconds` its task's inference.
+
 Run directory: config.json (resolved flags), events.jsonl, <phase>/self_edits.json (samples, parsed configs,
 errors), <phase>/evals.jsonl (one line per finished task: every self-edit's training outcome, attempts and reward),
 bc/pairs.json, bc/sft_checkpoints/ (orbax + grain state, resumable mid-epoch), bc/policy/ (orbax, merged params),
 bc/summary.json, results.json (metrics, per-task results, the original's final_results layout per phase), summary.md.
-A killed run re-run with the same flags resumes at the first unfinished task (`--stop-after-units N` stops after N
-finished tasks to simulate a kill).
+A killed run re-run with the same flags redoes only the unfinished tasks (`--stop-after-units N` stops after N
+finished tasks to simulate a kill; the tasks in flight in the stream are lost and redone).
 
 Differences from the original, each fixing a weakness of the spec's section 6.2 (switches restore the original
 where numbers change): all training tasks get self-edits (W1); deterministic data, queries and sampling seeds and a
@@ -58,7 +70,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, progress, read_jsonl, resume_records, write_json
+from seal_jax.runs import RunDir, progress, read_jsonl, resume_stream, write_json
 
 PROG = "experiments.arc_few_shot"
 PHASES = ("train", "bc", "eval-base", "icl", "oracle", "seal")
@@ -138,9 +150,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--trailing-header", action="store_true",
                    help="the original's extra assistant header after each TTT answer (trained on)")
     g.add_argument("--length-buckets", default="", help="comma-separated row/prompt length buckets (default: 2^k)")
-    g.add_argument("--adapters-per-batch", type=int, default=0,
-                   help="K adapters trained together per task (0: the phase's candidates per task; a task with "
-                        "more distinct configurations than K trains them in several batches)")
+    g.add_argument("--slots", "--adapters-per-batch", dest="adapters_per_batch", type=int, default=0, metavar="K",
+                   help="engine slots: adapters trained at once, across tasks (0: 16; a phase's distinct (task, "
+                        "configuration) pairs stream through them, fewer slots when the phase has fewer). Memory: "
+                        "about 1.2 GB per slot for Llama-3.2-1B at r 128 (fp32 adapter, gradient, AdamW)")
+    g.add_argument("--tokens-per-step", type=int, default=32768, metavar="N",
+                   help="engine: the largest packed token stream of one optimiser step (rows x row length; the "
+                        "activations of the step scale with it: lower it, or add --remat, when a step does not fit)")
     g = ap.add_argument_group("inference (defaults: the original's)")
     g.add_argument("--query-permutations", type=int, default=2, help="re-orderings per leave-one-out query")
     g.add_argument("--query-augmenters", default="transpose,flip_0,flip_1,rotate_90,rotate_180")
@@ -204,15 +220,6 @@ class Context:
     eval_tasks: list
     oracle_configs: list
     units_left: int | None = None
-
-    def adapters(self, phase: str) -> int:
-        """K, the adapters trained together for one task of a phase: --adapters-per-batch, else the phase's
-        candidates per task (k_train, k_eval or the oracle's configurations), fixed for the whole phase."""
-        if self.args.adapters_per_batch:
-            return self.args.adapters_per_batch
-        if phase == "oracle":
-            return len({c.to_json() for c in self.oracle_configs})
-        return self.args.k_train if phase == "train" else self.args.k_eval
 
     def tick(self) -> None:
         """One work unit (a task of a TTT or ICL phase) finished."""
@@ -299,7 +306,8 @@ def load_context(args) -> Context:
                          max_sequences=args.max_sequences, max_tokens=args.max_tokens, data_seed=0,
                          batch_size=args.ttt_batch_size, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                          max_grad_norm=args.max_grad_norm, trailing_header=args.trailing_header,
-                         double_bos=args.double_bos, length_buckets=buckets, seed=args.seed)
+                         double_bos=args.double_bos, length_buckets=buckets, seed=args.seed,
+                         slots=args.adapters_per_batch or 16, tokens_per_step=args.tokens_per_step)
         inference = InferenceOptions(permute_n=args.query_permutations, augmenters=_names(args.query_augmenters),
                                      seed=0, max_tokens=args.max_tokens,
                                      answer_max_tokens=args.answer_max_tokens or None, parser=args.answer_parser,
@@ -403,35 +411,56 @@ def _failed_sample(sample: dict) -> dict:
 
 def _task_loop(ctx: Context, phase: str, tasks, work, desc: str, event=None) -> dict[str, dict]:
     """One evals.jsonl line per task of `phase`, resumable; a `task_done` event (plus `event(row)`'s fields) and one
-    unit of the --stop-after-units budget per finished task."""
+    unit of the --stop-after-units budget per finished task. `work(todo)` yields each unfinished task's row as soon
+    as it is finished, in any order (the TTT phases stream all their tasks through one engine)."""
     def on_done(rows, seconds):
         row = rows[0]
         ctx.run.event("task_done", phase=phase, task_id=row["task_id"], seconds=row["seconds"],
                       **(event(row) if event else {}))
         ctx.tick()
 
-    return resume_records(ctx.run.file(phase, "evals.jsonl"), tasks, key=lambda t: t.task_id, record_key="task_id",
-                          work=lambda part: [work(part[0])], desc=desc, no_progress=ctx.args.no_progress,
-                          on_done=on_done)
+    return resume_stream(ctx.run.file(phase, "evals.jsonl"), tasks, key=lambda t: t.task_id, record_key="task_id",
+                         work=lambda todo: ([row] for row in work(todo)), desc=desc,
+                         no_progress=ctx.args.no_progress, on_done=on_done)
+
+
+class _Laps:
+    """Wall and CPU seconds since the previous lap (or since creation): in a stream, the time since the previous
+    task finished (it includes the work shared with the tasks still in flight)."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return out
 
 
 def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], base_model) -> dict[str, dict]:
-    """Every task's self-edits: TTT (one batch per task) + inference + reward; one evals.jsonl line per task."""
+    """Every task's self-edits: TTT + inference + reward; the unfinished tasks' distinct configurations train in one
+    engine stream (`seal_jax.arc.ttt.evaluate_tasks`) and each task's evals.jsonl line is appended as soon as its
+    last adapter is trained and its inference is done. A row's seconds (and cpu_seconds) are the time since the
+    previous task finished (the first: since the phase's stream began, its data building included)."""
     from seal_jax.arc import parse_self_edit
-    from seal_jax.arc.ttt import evaluate_configs
+    from seal_jax.arc.ttt import evaluate_tasks
 
-    def work(task):
-        t0, c0 = time.perf_counter(), time.process_time()
-        recs = samples[task.task_id]
-        ok = [r for r in recs if r["config"] is not None]
-        configs = [parse_self_edit(json.dumps(r["config"])) for r in ok]
-        evals = evaluate_configs(base_model, ctx.tokenizer, task, configs, ctx.ttt, ctx.inference,
-                                 ctx.adapters(phase)) if configs else []
-        by_sample = {r["sample"]: e for r, e in zip(ok, evals)}
-        out = [dict(r, **by_sample[r["sample"]]) if r["sample"] in by_sample else _failed_sample(r) for r in recs]
-        return {"task_id": task.task_id, "samples": out, "n_correct": sum(bool(r["correct"]) for r in out),
-                "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-                "trained": len(configs)}
+    def parsed(task):
+        return [r for r in samples[task.task_id] if r["config"] is not None]
+
+    def work(todo):
+        items = [(t, [parse_self_edit(json.dumps(r["config"])) for r in parsed(t)]) for t in todo]
+        by_id = {t.task_id: t for t in todo}
+        laps = _Laps()
+        for task_id, evals in evaluate_tasks(base_model, ctx.tokenizer, items, ctx.ttt, ctx.inference):
+            ok = parsed(by_id[task_id])
+            by_sample = {r["sample"]: e for r, e in zip(ok, evals)}
+            out = [dict(r, **by_sample[r["sample"]]) if r["sample"] in by_sample else _failed_sample(r)
+                   for r in samples[task_id]]
+            seconds, cpu = laps.lap()
+            yield {"task_id": task_id, "samples": out, "n_correct": sum(bool(r["correct"]) for r in out),
+                   "seconds": seconds, "cpu_seconds": cpu, "trained": len(ok)}
 
     return _task_loop(ctx, phase, tasks, work, f"{phase} TTT", lambda row: {
         "cpu_seconds": row["cpu_seconds"], "self_edits": len(row["samples"]), "trained": row["trained"],
@@ -442,26 +471,28 @@ def icl_phase(ctx: Context) -> dict[str, dict]:
     """The base model on the augmented leave-one-out prompts with voting, no TTT; one line per task."""
     from seal_jax.arc import inference
 
-    def work(task):
-        t0 = time.perf_counter()
-        queries = inference.build_task_queries(ctx.tokenizer, task, ctx.inference)
-        preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None)[0]
-        return dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds),
-                    seconds=time.perf_counter() - t0)
+    def work(todo):
+        for task in todo:
+            t0 = time.perf_counter()
+            queries = inference.build_task_queries(ctx.tokenizer, task, ctx.inference)
+            preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None)[0]
+            yield dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds),
+                       seconds=time.perf_counter() - t0)
 
     return _task_loop(ctx, "icl", ctx.eval_tasks, work, "ICL")
 
 
 def oracle_phase(ctx: Context) -> dict[str, dict]:
-    """Every hand-chosen configuration on every evaluation task; a task is solved if any configuration solves it."""
-    from seal_jax.arc.ttt import evaluate_configs
+    """Every hand-chosen configuration on every evaluation task (all unfinished tasks in one engine stream, as the
+    TTT phases); a task is solved if any configuration solves it."""
+    from seal_jax.arc.ttt import evaluate_tasks
 
-    def work(task):
-        t0 = time.perf_counter()
-        evals = evaluate_configs(ctx.model, ctx.tokenizer, task, ctx.oracle_configs, ctx.ttt, ctx.inference,
-                                 ctx.adapters("oracle"))
-        return {"task_id": task.task_id, "configs": evals, "correct": any(e["correct"] for e in evals),
-                "seconds": time.perf_counter() - t0}
+    def work(todo):
+        laps = _Laps()
+        for task_id, evals in evaluate_tasks(ctx.model, ctx.tokenizer, [(t, ctx.oracle_configs) for t in todo],
+                                             ctx.ttt, ctx.inference):
+            yield {"task_id": task_id, "configs": evals, "correct": any(e["correct"] for e in evals),
+                   "seconds": laps.lap()[0]}
 
     return _task_loop(ctx, "oracle", ctx.eval_tasks, work, "oracle TTT", lambda row: {
         "self_edits": len(row["configs"]), "seconds_per_self_edit": row["seconds"] / len(row["configs"])})

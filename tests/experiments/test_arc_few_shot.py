@@ -67,8 +67,11 @@ def test_end_to_end_with_resume(tmp_path):
 
     # 2. resumed: everything else, nothing twice
     assert arc_few_shot.main(argv) == 0
-    done = [(e["phase"], e["task_id"]) for e in _events(out) if e["event"] == "task_done"]
+    events = [e for e in _events(out) if e["event"] == "task_done"]
+    done = [(e["phase"], e["task_id"]) for e in events]
     assert len(done) == len(set(done)) == 10  # train, eval-base, icl, oracle, seal x 2 tasks
+    # TTT phases stream their tasks: seconds since the previous task finished, per trained self-edit
+    assert all(e["seconds"] >= 0 and e["seconds_per_self_edit"] >= 0 for e in events if e["phase"] != "icl")
     assert open(os.path.join(out, "train", "evals.jsonl")).readline() == first_line
     assert os.path.getmtime(os.path.join(out, "train", "self_edits.json")) == self_edits_mtime
     assert len(read_jsonl(os.path.join(out, "train", "evals.jsonl"))) == 2
@@ -87,6 +90,7 @@ def test_end_to_end_with_resume(tmp_path):
     rows = {r["task_id"]: r for r in read_jsonl(os.path.join(out, "train", "evals.jsonl"))}
     s0, s1, s2 = rows["6150a2bd"]["samples"]
     assert s0["steps"] == 4 and s0["n_sequences"] == 8 and s0["n_queries"] == [4] and not s0["failed"]
+    assert s0["train_seconds"] > 0 and s0["inference_seconds"] > 0
     assert s1["config"]["training"]["strategy"] == "train_using_all_tokens" and s1["steps"] == 4
     assert s2["failed"] and s2["failure"].startswith("unparseable self-edit") and s2["correct"] is False
     z, ok, bad = rows["66e6c45b"]["samples"]
