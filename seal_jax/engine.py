@@ -565,6 +565,24 @@ class Engine:
         return Finished(i, job, lora, 0, 0, [], [], 0)
 
 
+def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int, row_length: int,
+               max_batch: int = 1):
+    """The compiled program of one engine call with `rows` x `row_length` packed streams, lowered and compiled from
+    abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
+    `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries)."""
+    K, G, R, T = cfg.slots, cfg.steps_per_call, rows, row_length
+    Gm = -(-(K * max_batch + 2 * R) // 8) * 8
+    sds = jax.ShapeDtypeStruct
+    i32, f32 = jnp.int32, jnp.float32
+    data = {"tokens": sds((G, R, T), i32), "positions": sds((G, R, T), i32), "segment_ids": sds((G, R, T), i32),
+            "kv_segment_ids": sds((G, R, T), i32), "weights": sds((G, R, T), f32), "token_slot": sds((G, R * T), i32),
+            "group_ids": sds((G, Gm), i32), "group_sizes": sds((G, Gm), i32), "stepping": sds((G, K), jnp.bool_)}
+    hp = {n: sds((K,), f32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else i32)
+          for n in _Scheduler.HP}
+    state = jax.eval_shape(lambda: Engine(model, lora_cfg, cfg)._init_state())
+    return _run_call.lower(model, state, data, hp, sds((K,), jnp.bool_), sds((K,), i32), sds((), i32)).compile()
+
+
 def _new_stats() -> dict:
     return {"token_slots": 0, "real_tokens": 0, "global_steps": 0, "calls": 0, "train_seconds": 0.0,
             "shapes": collections.Counter()}
