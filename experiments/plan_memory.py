@@ -5,6 +5,17 @@
         --lora-rank 128 --lora-alpha 16 --targets q,v,gate,up,down --seq-len 2048 --generate 64,512,128
 
 Without --mesh it lists every (adapter, model) factorisation of --devices and whether it fits.
+
+The ragged engine (`seal_jax.engine`, what the experiments train with) is planned with --engine: --adapters slots,
+--rows x --seq-len packed streams per global step, rematerialised layers:
+
+    python -m experiments.plan_memory --engine --preset qwen2.5-7b --device H100 --adapters 64 --rows 8 --seq-len 512
+    python -m experiments.plan_memory --engine --preset llama-3.2-1b --device H100 --adapters 16 --rows 4 \
+        --seq-len 8192 --lora-rank 128 --lora-alpha 16 --targets q,v,gate,up,down --batch-size 2 --attention cudnn
+
+--xla also lowers the real call from abstract arrays (nothing allocated) and prints XLA's compiled memory analysis
+beside the estimate. On a CPU host that analysis is for XLA:CPU, which upcasts bf16 matmul operands to f32 and keeps
+f32 copies of the weights (a GPU does not), so --xla compares in float32: the estimate at the same dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +46,18 @@ def main(argv=None) -> int:
     ap.add_argument("--remat", action="store_true")
     ap.add_argument("--generate", default=None, help="ROWS,PROMPT,NEW: also plan generation")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--engine", action="store_true", help="plan one call of the ragged engine (seal_jax.engine)")
+    ap.add_argument("--rows", type=int, default=8, help="--engine: packed rows of --seq-len tokens per step")
+    ap.add_argument("--steps-per-call", type=int, default=8)
+    ap.add_argument("--attention", default=None, help="--engine: attention backend of the call (default: auto)")
+    ap.add_argument("--xla", action="store_true",
+                    help="--engine: also compile the real call from abstract arrays and print XLA's analysis")
     args = ap.parse_args(argv)
+    for name in ("devices", "adapters", "seq_len", "batch_size", "examples", "lora_rank", "rows", "steps_per_call"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.engine:
+        return engine_main(args)
 
     try:
         cfg = get_preset(args.preset)
@@ -68,6 +90,58 @@ def main(argv=None) -> int:
                       f"{plan.total / planner.GiB:.2f} GiB of {budget / planner.GiB:.1f} GiB per device, {verdict}")
                 print(plan.table())
     return 0
+
+
+def engine_main(args) -> int:
+    try:
+        cfg = get_preset(args.preset)
+        budget = planner.device_memory(args.device)
+        lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=tuple(args.targets.split(",")))
+        if args.attention:
+            cfg = cfg.replace(attention=args.attention)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    dtypes = [args.dtype] + (["float32"] if args.xla and args.dtype != "float32" else [])
+    for dtype in dtypes:
+        plan = planner.plan_engine(cfg, lora, args.adapters, args.rows, args.seq_len, args.steps_per_call, dtype,
+                                   args.batch_size)
+        try:
+            planner.check_fits(plan, budget)
+            verdict = "fits"
+        except planner.MemoryPlanError as e:
+            verdict = f"does not fit: {e}"
+        row = dict(plan.as_dict(), preset=args.preset, device=args.device, budget=budget, dtype=dtype,
+                   fits=verdict == "fits", rows=args.rows, row_length=args.seq_len, slots=args.adapters)
+        if args.xla and dtype == "float32":
+            row["xla"] = xla_engine_bytes(cfg, lora, args, dtype)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{args.preset} ({dtype}) on {args.device}: {plan.what}: {plan.total / planner.GiB:.2f} GiB of "
+                  f"{budget / planner.GiB:.1f} GiB, {verdict}")
+            print(plan.table())
+            if "xla" in row:
+                x = row["xla"]
+                print(f"  XLA (CPU, {dtype}): arguments {x['arguments'] / planner.GiB:.3f} GiB + temporaries "
+                      f"{x['temp'] / planner.GiB:.3f} GiB = {x['total'] / planner.GiB:.3f} GiB "
+                      f"(estimate / XLA = {plan.total / x['total']:.3f})")
+    return 0
+
+
+def xla_engine_bytes(cfg, lora, args, dtype: str) -> dict:
+    """XLA's memory analysis of the real engine call, compiled from abstract arrays (nothing allocated)."""
+    from seal_jax import engine
+    from seal_jax.models.model import Model, abstract_params
+    model = Model(cfg.replace(remat=True), abstract_params(cfg, dtype))
+    compiled = engine.lower_call(model, lora, engine.EngineConfig(slots=args.adapters,
+                                                                  max_tokens_per_step=args.rows * args.seq_len,
+                                                                  steps_per_call=args.steps_per_call),
+                                 args.rows, args.seq_len, args.batch_size)
+    m = compiled.memory_analysis()
+    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    return {"arguments": m.argument_size_in_bytes, "outputs": m.output_size_in_bytes, "temp": m.temp_size_in_bytes,
+            "aliased": m.alias_size_in_bytes, "total": total}
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class EngineConfig:
     compat_length: int = 2048  # compat_padding: every sequence padded with pad_id to this length, pads trained
     row_length: int | None = None  # T (default: the bucket of the longest sequence of the stream)
     length_buckets: tuple[int, ...] | None = None
+    remat: bool | str = "auto"  # rematerialise layers: "auto" = where it pays (planner.engine_remat), or as given
 
     def __post_init__(self):
         if self.loss_mode not in il.LOSS_MODES:
@@ -484,6 +485,13 @@ class Engine:
         if lora_cfg.dropout:
             raise ValueError("the ragged engine does not apply LoRA dropout (its token stream mixes adapters); "
                              "use the padded inner loop (seal_jax.inner_loop.train) for adapters with dropout")
+        remat = cfg.remat
+        if remat == "auto":
+            from seal_jax.planner import engine_remat
+            remat = model.config.remat or engine_remat(model.config, cfg.max_tokens_per_step,
+                                                       "bfloat16" if model.dtype == jnp.bfloat16 else "float32")
+        if bool(remat) != model.config.remat:
+            model = Model(model.config.replace(remat=bool(remat)), model.params)
         self.model, self.lora_cfg, self.cfg = model, lora_cfg, cfg
         self.stats = _new_stats()
 

@@ -131,6 +131,58 @@ def plan_training(cfg: ModelConfig, lora: LoraConfig, num_adapters: int, seq_len
         data=data, activations=activation_bytes(cfg, seq_len, k_local * batch_size, m, remat, dtype))
 
 
+# The ragged engine's call (seal_jax.engine), rematerialised layers: temporaries fitted to XLA's
+# memory_analysis() of the real call lowered with abstract arrays (fp32, CPU backend, small presets: within 5%):
+#   temp = s * slot_state + c * N * (D + (H + 2 Kv) Dh + F) * 4 + a * R * H * T^2 * 4 (einsum scores) + v * chunk * V * 4
+_ENGINE = {"state": 3.657, "layer": 1.129, "scores": 0.088, "logits": 1.97}
+
+
+def plan_engine(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_length: int,
+                steps_per_call: int = 8, dtype: str = "bfloat16", max_batch: int = 1,
+                attention: str | None = None) -> MemoryPlan:
+    """Per-device estimate for one call of the ragged engine (`seal_jax.engine`) with rematerialised layers (the
+    engine's policy for models that need it; see `engine_remat`): K = `slots` resident adapters (fp32 weights and
+    AdamW moments; their gradients), the call's packed data ([steps, rows, row_length]), the frozen weights, and one
+    global step's temporaries over N = rows x row_length tokens. `attention`: the backend the call will use (einsum
+    and xla hold fp32 scores [rows, H, T, T] of one layer; blockwise, cudnn and splash do not)."""
+    from seal_jax.losses import chunk_size
+    K, R, T, N = slots, rows, row_length, rows * row_length
+    item = _ITEMSIZE[dtype]
+    state = num_lora_params(cfg, lora) * 4 * K  # fp32 adapters
+    D, F, H, Kv, Dh, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                          cfg.vocab_size)
+    scores = R * H * T * T * 4 if (attention or cfg.attention) in ("einsum", "xla", "auto") else 0
+    layer = N * (D + (H + 2 * Kv) * Dh + F) * item
+    saved = cfg.num_layers * N * D * item  # each layer's input, kept for the backward pass
+    temps = (_ENGINE["state"] * state + _ENGINE["layer"] * layer + _ENGINE["scores"] * scores
+             + _ENGINE["logits"] * chunk_size(N, V) * V * 4 + saved)
+    Gm = -(-(K * max_batch + 2 * R) // 8) * 8
+    data = steps_per_call * (R * T * 6 * 4 + 2 * Gm * 4 + K)
+    return MemoryPlan(what=f"engine call: {K} adapter slots, {R} x {T}-token streams", mesh=(1, 1),
+                      weights=weight_bytes(cfg, (1, 1), dtype), adapters=state, optimizer=2 * state, data=data,
+                      activations=int(temps))
+
+
+def engine_remat(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", budget_bytes: int | None = None) -> bool:
+    """Whether the engine should rematerialise layers: when keeping every layer's activations for the backward pass
+    (about 4 tensors of (D + (H + 2 Kv) Dh + F) per token and layer, a rough upper count) would take more than a
+    quarter of the device's memory (default: the first local device's, or 16 GiB when it does not say)."""
+    if budget_bytes is None:
+        budget_bytes = _local_device_bytes() or 16 * GiB
+    per_token = 4 * cfg.num_layers * (cfg.hidden_size + (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+                                      + cfg.intermediate_size) * _ITEMSIZE[dtype]
+    return tokens * per_token > budget_bytes / 4
+
+
+def _local_device_bytes() -> int | None:
+    try:
+        import jax
+        stats = jax.local_devices()[0].memory_stats() or {}
+        return int(stats.get("bytes_limit", 0)) or None
+    except Exception:
+        return None
+
+
 def plan_generation(cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int, mesh: tuple[int, int] = (1, 1),
                     dtype: str = "bfloat16", lora: LoraConfig | None = None, num_adapters: int = 0) -> MemoryPlan:
     """Per-device estimate for batched generation (KV cache of prompt + new tokens, prefill temporaries)."""

@@ -45,3 +45,27 @@ def test_a_run_that_cannot_fit_says_what_to_change():
     assert "\n" not in msg and "GiB" in msg and ("--mesh" in msg or "adapters" in msg)
     small = planner.plan_training(seal_jax.get_preset("llama-3.2-1b"), LoraConfig(), 1, 256, mesh=(1, 1))
     planner.check_fits(small, planner.device_memory("H100"))  # fits: no error
+
+
+@pytest.mark.parametrize("preset, K, R, T, lora", [
+    ("small-qwen2", 16, 4, 256, LoraConfig(rank=32, alpha=64.0, targets=("q", "v"))),
+    ("small-llama", 8, 2, 512, LoraConfig(rank=64, alpha=16.0, targets=("q", "v", "gate", "up", "down"))),
+    ("tiny-qwen2", 32, 8, 128, LoraConfig(rank=8, alpha=16.0, targets=("q", "v")))])
+def test_engine_estimate_within_20_percent_of_xla(preset, K, R, T, lora):
+    """The ragged engine's call (rematerialised), lowered from abstract arrays: nothing is allocated."""
+    from seal_jax import engine
+    from seal_jax.models.model import Model, abstract_params
+    cfg = seal_jax.get_preset(preset).replace(remat=True, vocab_size=16384)
+    model = Model(cfg, abstract_params(cfg, "float32"))
+    m = engine.lower_call(model, lora, engine.EngineConfig(slots=K, max_tokens_per_step=R * T), R, T).memory_analysis()
+    xla = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    est = planner.plan_engine(cfg, lora, K, R, T, dtype="float32").total
+    print(f"{preset} K={K} {R}x{T}: planner {est / 2**20:.2f} MiB, XLA {xla / 2**20:.2f} MiB")
+    assert abs(est - xla) / xla < 0.20
+
+
+def test_engine_remat_where_it_pays():
+    qwen7 = seal_jax.get_preset("qwen2.5-7b")
+    assert planner.engine_remat(qwen7, 4096, budget_bytes=planner.device_memory("H100"))
+    tiny = seal_jax.get_preset("tiny-qwen2").replace(vocab_size=152064)
+    assert not planner.engine_remat(tiny, 4096, budget_bytes=16 * planner.GiB)
