@@ -38,7 +38,8 @@ import numpy as np
 from experiments import workloads
 from seal_jax import generation
 from seal_jax import inner_loop as il
-from seal_jax.lora import Lora, LoraConfig, init_lora, num_lora_params
+from seal_jax import engine as eng
+from seal_jax.lora import Lora, LoraConfig, init_lora, num_lora_params, stack_adapters
 from seal_jax.models.config import ModelConfig, get_preset
 from seal_jax.models.model import init_model
 
@@ -88,19 +89,11 @@ def _ready(state: il.TrainState):
 
 
 def _cache_sizes() -> dict:
-    return {"train": il._train_chunk._cache_size(), "prefill": generation._prefill._cache_size(),
-            "decode": generation._decode._cache_size()}
+    return {"train": il._train_chunk._cache_size(), "engine": eng._run_call._cache_size(),
+            "prefill": generation._prefill._cache_size(), "decode": generation._decode._cache_size()}
 
 
-class Clock:
-    """Wall seconds, plus this process's CPU seconds (all threads): on a shared CPU host the CPU time is the steadier
-    measure of the work done; on an accelerator it is only the host's share."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def stop(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+Clock = workloads.Clock
 
 
 class Side:
@@ -129,6 +122,32 @@ class Batched(Side):
     def evaluate(self) -> tuple[float, float]:
         c = Clock()
         out = generation.generate_grouped(self.model, self.trained.lora, self.prompts, max_new_tokens=self.new_tokens)
+        dt = c.stop()
+        assert all(len(a) == self.new_tokens for g in out for a in g)
+        return dt
+
+
+class Ragged(Side):
+    """The ragged engine: every adapter a job streamed through N slots, then one multi-adapter answering call."""
+
+    def __init__(self, *a, tokens_per_step: int = 4096):
+        super().__init__(*a)
+        self.jobs = [eng.Job(d, self.spec, init_seed=k) for k, d in enumerate(self.datasets)]
+        self.cfg = eng.EngineConfig(slots=len(self.datasets), max_tokens_per_step=tokens_per_step)
+        self.stats = eng.Engine(self.model, self.lora.config, self.cfg).plan(self.jobs)
+        self.tokens = self.stats["real_tokens"]
+
+    def train(self) -> tuple[float, float]:
+        c = Clock()
+        done = sorted(eng.Engine(self.model, self.lora.config, self.cfg).run(self.jobs), key=lambda d: d.index)
+        jax.block_until_ready([d.lora.weights for d in done])
+        dt = c.stop()
+        self.trained = stack_adapters([d.lora for d in done])
+        return dt
+
+    def evaluate(self) -> tuple[float, float]:
+        c = Clock()
+        out = generation.generate_grouped(self.model, self.trained, self.prompts, max_new_tokens=self.new_tokens)
         dt = c.stop()
         assert all(len(a) == self.new_tokens for g in out for a in g)
         return dt
@@ -211,9 +230,16 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
         sides["sequential"] = Sequential(*common)
         # warm-up: one adapter end to end (every adapter runs the same K=1 programs)
         warmup["sequential"] = warm_up(sides["sequential"], with_eval, only=0)
-    if args.mode in ("batched", "both"):
+    if args.mode in ("batched", "both", "all"):
         sides["batched"] = Batched(*common)
         warmup["batched"] = warm_up(sides["batched"], with_eval)
+    if args.mode in ("ragged", "all"):
+        sides["ragged"] = Ragged(*common)
+        warmup["ragged"] = warm_up(sides["ragged"], with_eval)
+    if args.mode == "all":
+        sides["sequential"] = Sequential(*common)
+        warmup["sequential"] = warm_up(sides["sequential"], with_eval, only=0)
+    peak_before = _peak_bytes()
     res, recompiles = time_sides(sides, with_eval, args.repeats)
     for name, side in sides.items():
         res[name]["tokens"] = side.tokens
@@ -221,6 +247,11 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
         # extra time over its timed run) is compilation and first-call overhead
         done = res[name]["total_s"] / (n if name == "sequential" else 1)
         res[name]["compile_s"] = max(0.0, warmup[name] - done)
+    slot_counts = {}  # (token slots computed, real tokens) per side
+    if "ragged" in sides:
+        slot_counts["ragged"] = (sides["ragged"].stats["token_slots"], sides["ragged"].stats["real_tokens"])
+    if "batched" in sides:
+        slot_counts["batched"] = (sides["batched"].plan.token_slots(), int(sides["batched"].plan.real_tokens.sum()))
     del sides
 
     def get(side, key, scale=1.0):
@@ -249,6 +280,23 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
     for side, key in (("batched", "mfu"), ("sequential", "mfu_sequential")):
         r[key] = (round(flops_tok * res[side]["tokens"] / res[side]["train_s"] / peak, 5)
                   if side in res and peak else None)
+    # the ragged engine (EngineConfig defaults; all N adapters resident): its own time, MFU and useful fraction
+    r["ragged_s"], r["train_ragged_s"], r["eval_ragged_s"] = (get("ragged", "total_s"), get("ragged", "train_s"),
+                                                              get("ragged", "eval_s"))
+    r["cpu_ragged_s"] = get("ragged", "cpu_s")
+    r["seconds_per_self_edit_ragged"] = get("ragged", "total_s", 1.0 / n)
+    r["tokens_per_s_ragged"] = round(res["ragged"]["tokens"] / res["ragged"]["train_s"], 2) if "ragged" in res else None
+    r["mfu_ragged"] = (round(flops_tok * res["ragged"]["tokens"] / res["ragged"]["train_s"] / peak, 5)
+                       if "ragged" in res and peak else None)
+    r["ragged_speedup_vs_sequential"] = (round(r["sequential_s"] / r["ragged_s"], 3)
+                                         if r["sequential_s"] is not None and r["ragged_s"] else None)
+    r["ragged_speedup_vs_batched"] = (round(r["batched_s"] / r["ragged_s"], 3)
+                                      if r["batched_s"] is not None and r["ragged_s"] else None)
+    if slot_counts.get("ragged"):
+        r["useful_token_fraction_ragged"] = round(slot_counts["ragged"][1] / slot_counts["ragged"][0], 4)
+    if slot_counts.get("batched"):
+        r["useful_token_fraction_batched"] = round(slot_counts["batched"][1] / slot_counts["batched"][0], 4)
+    r["peak_bytes"] = _peak_bytes() or peak_before  # device peak (None on CPU)
     r["train_flops_per_token"] = flops_tok
     r["peak_flops"] = peak
     r["compile_s"] = round(sum(v["compile_s"] for v in res.values()), 3)
@@ -263,6 +311,11 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
              repeats=args.repeats, lora_rank=lora_cfg.rank, lora_alpha=lora_cfg.alpha,
              targets=",".join(lora_cfg.targets), remat=cfg.remat)
     return r
+
+
+def _peak_bytes() -> int | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
 
 
 def bench_workload(args) -> int:
@@ -337,7 +390,9 @@ def main(argv=None):
     ap.add_argument("--questions", type=int, default=4, help="questions per adapter (evaluation)")
     ap.add_argument("--prompt-len", type=int, default=64, help="tokens per question")
     ap.add_argument("--new-tokens", type=int, default=16, help="tokens generated per question (greedy, no stop)")
-    ap.add_argument("--mode", default="both", choices=["sequential", "batched", "both"])
+    ap.add_argument("--mode", default="both", choices=["sequential", "batched", "ragged", "both", "all"],
+                    help="batched = the padded layout (vmap over adapters); ragged = the engine; both = sequential "
+                         "+ batched; all = the three")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--lora-alpha", type=float, default=64.0)
