@@ -48,22 +48,30 @@ import numpy as np
 
 import seal_jax
 from seal_jax import inner_loop as il
-from seal_jax.lora import LoraConfig, init_lora
+from seal_jax.lora import Lora, LoraConfig, init_lora
 from seal_jax.models.model import Model
 
 MODES = ("same", "original")
 
-__all__ = ["MODES", "PeerJob", "make_jobs", "original_features", "run_peer", "main"]
+__all__ = ["MODES", "PeerJob", "jobs_from_work", "make_jobs", "original_features", "run_peer", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
 class PeerJob:
-    """One self-edit evaluation: training examples, settings, LoRA init seed, and the questions (prompt token ids)."""
+    """One self-edit evaluation: training examples, settings, LoRA init seed, and the questions (prompt token ids).
+    `lora`, when given (a single-adapter seal_jax `Lora`), is the initial adapter instead of the seed's."""
 
     examples: Sequence[il.Example]
     spec: il.TrainSpec
     init_seed: int = 0
     questions: Sequence[Sequence[int]] = ()
+    lora: Lora | None = None
+
+    def initial_lora(self, model_cfg, lora_cfg: LoraConfig) -> Lora:
+        """The engine's initial adapter of this job: `init_lora(cfg, lora_cfg, PRNGKey(init_seed))` (or `lora`)."""
+        if self.lora is not None:
+            return self.lora
+        return init_lora(model_cfg, lora_cfg, jax.random.PRNGKey(self.init_seed))
 
 
 class _Clock:
@@ -270,8 +278,7 @@ def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraCon
             counts = {"real": 0, "padded": 0, "targets": 0}
             c = _Clock(sync)
             init_dir = os.path.join(tmp, f"init_{j}")  # j = -1: the warm-up run
-            seal_jax.save_adapter(init_lora(model.config, lora_cfg, jax.random.PRNGKey(job.init_seed)), init_dir,
-                                  model)
+            seal_jax.save_adapter(job.initial_lora(model.config, lora_cfg), init_dir, model)
             torch.manual_seed(job.spec.seed)
             pm = peft.PeftModel.from_pretrained(base, init_dir, is_trainable=True)
             pm.to(dev)
@@ -319,17 +326,27 @@ def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraCon
     return result
 
 
+def jobs_from_work(datasets: Sequence[Sequence[il.Example]], prompts: Sequence[Sequence[Sequence[int]]],
+                   spec: il.TrainSpec | Sequence[il.TrainSpec], lora: Lora | None = None) -> list[PeerJob]:
+    """PeerJobs for the work of experiments/bench_inner_loop.py (`make_work`'s datasets and prompts): job k gets
+    adapter k of `lora` (a batch of adapters, e.g. the benchmark's) as its initial adapter, or init seed k."""
+    specs = [spec] * len(datasets) if isinstance(spec, il.TrainSpec) else list(spec)
+    return [PeerJob(list(d), sp, init_seed=k, questions=[list(q) for q in p],
+                    lora=None if lora is None else lora.adapter(k))
+            for k, (d, p, sp) in enumerate(zip(datasets, prompts, specs))]
+
+
 def make_jobs(cfg, n: int, examples: int, questions: int, seq_len: int, prompt_len: int, spec: il.TrainSpec,
               seed: int = 0) -> list[PeerJob]:
-    """Random jobs shaped like experiments/bench_inner_loop.py's `make_work` (the same token draws per seed):
-    per job `examples` sequences of exactly seq_len tokens and `questions` prompts of prompt_len tokens."""
-    jobs = []
+    """Random jobs drawn as experiments/bench_inner_loop.py's `make_work` draws them (the same tokens per seed): per
+    job `examples` sequences of exactly seq_len tokens and `questions` prompts of prompt_len tokens; init seed k."""
+    datasets, prompts = [], []
     for k in range(n):
         rng = np.random.default_rng([seed, k])
-        exs = [il.Example(tuple(rng.integers(3, cfg.vocab_size, seq_len).tolist())) for _ in range(examples)]
-        qs = [rng.integers(3, cfg.vocab_size, prompt_len).tolist() for _ in range(questions)]
-        jobs.append(PeerJob(exs, dataclasses.replace(spec, seed=spec.seed + k), init_seed=k, questions=qs))
-    return jobs
+        datasets.append([il.Example(tuple(rng.integers(3, cfg.vocab_size, seq_len).tolist()))
+                         for _ in range(examples)])
+        prompts.append([rng.integers(3, cfg.vocab_size, prompt_len).tolist() for _ in range(questions)])
+    return jobs_from_work(datasets, prompts, spec)
 
 
 def _summary(r: dict) -> dict:

@@ -131,3 +131,18 @@ def test_cli_prints_one_json_line(capsys):
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["mode"] == "same" and out["n_jobs"] == 1 and out["steps"] == 2 and out["real_tokens"] == 16
+
+
+def test_jobs_match_the_benchmark_work():
+    from experiments.bench_inner_loop import make_work
+    cfg = seal_jax.get_preset("tiny-qwen2")
+    spec = il.TrainSpec(max_steps=3)
+    datasets, prompts = make_work(cfg, 3, 2, 2, 8, 4)
+    jobs = pb.make_jobs(cfg, 3, 2, 2, 8, 4, spec)
+    assert [list(j.examples) for j in jobs] == datasets and [j.questions for j in jobs] == prompts
+    lora = init_lora(cfg, LORA, jax.random.PRNGKey(0), num_adapters=3)
+    got = pb.jobs_from_work(datasets, prompts, spec, lora)[2].initial_lora(cfg, LORA)
+    np.testing.assert_array_equal(np.asarray(got.weights["q"]["a"]), np.asarray(lora.weights["q"]["a"][2]))
+    seeded = jobs[1].initial_lora(cfg, LORA)  # without a lora: the engine's init from the job's seed
+    want = init_lora(cfg, LORA, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(np.asarray(seeded.weights["v"]["a"]), np.asarray(want.weights["v"]["a"]))
