@@ -226,6 +226,7 @@ def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraCon
     device: a torch device name (default: "cuda" when available, else "cpu").
     return_adapters: also return each job's trained adapter as a seal_jax `Lora` (read back from PEFT's saved
         adapter, outside the timings).
+    num_threads: torch's intra-op threads while the peer runs (default os.cpu_count(); restored afterwards).
     warmup: first run job 0 once, untimed and discarded (torch's first-call costs: kernels, allocator, Trainer and
         accelerate imports), as the seal_jax benchmark warms up (compiles) before its timed runs; its wall and CPU
         seconds are reported as warmup_s / warmup_cpu_s.
@@ -235,10 +236,9 @@ def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraCon
             total_s, total_cpu_s, steps, real_tokens, padded_tokens, target_tokens, losses, answers[, lora]};
       totals of those (train_s, ..., total_s, total_cpu_s, real_tokens, padded_tokens, target_tokens, steps);
       seconds_per_self_edit / cpu_seconds_per_self_edit (total over jobs / N); load_s / load_cpu_s (base model
-      written and read once); warmup_s / warmup_cpu_s (None without warmup); answers (per job, token lists); mode, device, dtype, torch / transformers / peft
-      versions, threads.
+      written and read once); warmup_s / warmup_cpu_s (None without warmup); answers (per job, token lists); mode,
+      device, dtype, torch / transformers / peft versions, threads.
     """
-    import peft
     import torch
     import transformers
 
@@ -250,14 +250,34 @@ def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraCon
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"dtype {dtype!r}: choose float32 or bfloat16")
     threads = num_threads or os.cpu_count() or 1
+    # process-wide settings, restored afterwards: torch threads, transformers' log level and progress bars, warnings
+    threads_before, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
     torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="peft")
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return _run(model, jobs, mode, lora_cfg, pad_id, eos_id, answer_max_tokens, dtype, compat_length,
+                        max_length, loss_mode, device, return_adapters, threads, warmup)
+    finally:
+        torch.set_num_threads(threads_before)
+        transformers.logging.set_verbosity(verbosity)
+        if bars:
+            transformers.logging.enable_progress_bar()
+
+
+def _run(model, jobs, mode, lora_cfg, pad_id, eos_id, answer_max_tokens, dtype, compat_length, max_length, loss_mode,
+         device, return_adapters, threads, warmup) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", module="peft")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
     result: dict[str, Any] = {"mode": mode, "device": str(dev), "dtype": dtype, "threads": threads,
                               "torch": torch.__version__, "transformers": transformers.__version__,
@@ -377,6 +397,7 @@ def main(argv=None):
     ap.add_argument("--targets", default="q,v")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: os.cpu_count())")
     ap.add_argument("--no-warmup", dest="warmup", action="store_false",
                     help="time the first job cold (default: one untimed warm-up run of job 0 first)")
     ap.add_argument("--json", action="store_true", help="print one JSON line")
@@ -390,7 +411,8 @@ def main(argv=None):
     jobs = make_jobs(cfg, args.jobs, args.examples, args.questions, args.seq_len, args.prompt_len, spec)
     eos = cfg.eos_token_ids[0]
     r = run_peer(model, jobs, args.mode, lora_cfg, pad_id=eos, eos_id=eos, answer_max_tokens=args.new_tokens,
-                 dtype=args.dtype, compat_length=args.compat_length, device=args.device, warmup=args.warmup)
+                 dtype=args.dtype, compat_length=args.compat_length, device=args.device, warmup=args.warmup,
+                 num_threads=args.threads)
     out = _summary(r)
     out.update(preset=args.preset, seq_len=args.seq_len, examples=args.examples, epochs=args.epochs,
                batch_size=args.batch_size, questions=args.questions, prompt_len=args.prompt_len,

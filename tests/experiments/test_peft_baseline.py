@@ -25,6 +25,7 @@ from tests.conftest import scaled_model  # noqa: E402
 
 LORA = LoraConfig(rank=4, alpha=8.0, targets=("q", "v"))
 NEW = 8
+THREADS = 1  # tiny matmuls: one torch thread is fastest, and immune to OpenMP spin-waits on a shared CPU host
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def test_same_mode_equals_seal_jax_training_and_generation(model):
     free = seal_jax.generate(model, jobs[0].questions, max_new_tokens=NEW, lora=ours[0][0].lora.adapter(0))
     eos = free[0][3]
 
-    r = pb.run_peer(model, jobs, "same", LORA, pad_id=0, eos_id=eos, answer_max_tokens=NEW, return_adapters=True)
+    r = pb.run_peer(model, jobs, "same", LORA, pad_id=0, eos_id=eos, answer_max_tokens=NEW, return_adapters=True,
+                    num_threads=THREADS)
     assert r["n_jobs"] == 2 and r["mode"] == "same"
     for job, rec, (state, init, plan) in zip(jobs, r["jobs"], ours):
         total = int(plan.total_steps[0])
@@ -106,7 +108,7 @@ def test_original_mode_trains_the_pads(model):
     assert sum(feats["attention_mask"]) == 24 and feats["input_ids"][24:] == [eos] * 2024
 
     r = pb.run_peer(model, jobs, "original", LORA, pad_id=eos, eos_id=eos, answer_max_tokens=NEW,
-                    return_adapters=True)
+                    return_adapters=True, num_threads=THREADS)
     a, b = r["jobs"]
     assert (a["steps"], b["steps"]) == (3, 6)
     assert a["target_tokens"] == 3 * 2047 and b["target_tokens"] == 6 * 2047  # compat_length - 1 per row
