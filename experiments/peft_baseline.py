@@ -29,7 +29,8 @@ Timing: every phase is measured with time.perf_counter (wall) and time.process_t
 threads). Per job: "setup" (write the initial adapter, load it with PEFT), "train" (the optimiser loop, or building
 the Trainer and `trainer.train()`), "answer" (`generate`), and "cleanup" (unloading the adapter from the base). The
 base model is written and loaded once, outside the per-job timings ("load" in the result). Torch uses every core
-(torch.set_num_threads(os.cpu_count())) and CUDA when it is available.
+(torch.set_num_threads(os.cpu_count())) with passive OpenMP waiting (see OMP_WAIT_POLICY below), and CUDA when it
+is available.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ from seal_jax.lora import Lora, LoraConfig, init_lora
 from seal_jax.models.model import Model
 
 MODES = ("same", "original")
+
+# torch's OpenMP threads spin-wait between parallel regions by default; on the shared 2-core CPU host that made tiny
+# training steps ~100x slower (12 s against 0.065 s per tiny self-edit with 2 threads). Wait passively unless the
+# caller chose otherwise; it takes effect only if torch (its libgomp) is not loaded yet. Reported as omp_wait_policy.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __all__ = ["MODES", "PeerJob", "jobs_from_work", "make_jobs", "original_features", "run_peer", "main"]
 
@@ -280,6 +286,7 @@ def _run(model, jobs, mode, lora_cfg, pad_id, eos_id, answer_max_tokens, dtype, 
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
 
     result: dict[str, Any] = {"mode": mode, "device": str(dev), "dtype": dtype, "threads": threads,
+                              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                               "torch": torch.__version__, "transformers": transformers.__version__,
                               "peft": peft.__version__, "loss_mode": loss_mode if mode == "same" else "compat_padding",
                               "compat_length": compat_length if mode == "original" else None, "jobs": []}
