@@ -169,15 +169,14 @@ def _train_original(pm, job: PeerJob, device, pad_id: int, compat_length: int, b
             return {k: torch.tensor(v, dtype=torch.long) for k, v in feats[i].items()}
 
     losses: list = []
+    seen: list = []
 
     class _Trainer(transformers.Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = out[0] if return_outputs else out
             att, labels = inputs["attention_mask"], inputs["labels"]
-            counts["real"] += int(att.sum())
-            counts["padded"] += int(att.numel())
-            counts["targets"] += int((labels[:, 1:] != -100).sum())
+            seen.append((att.sum(), att.numel(), (labels[:, 1:] != -100).sum()))  # read after training: no syncs
             losses.append(loss.detach())
             return out
 
@@ -194,6 +193,10 @@ def _train_original(pm, job: PeerJob, device, pad_id: int, compat_length: int, b
     for cb in (transformers.PrinterCallback, transformers.ProgressCallback):  # keep stdout clean (--json)
         trainer.remove_callback(cb)
     trainer.train()
+    for real, padded, targets in seen:
+        counts["real"] += int(real)
+        counts["padded"] += int(padded)
+        counts["targets"] += int(targets)
     return [float(x) for x in losses]
 
 
