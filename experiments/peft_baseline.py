@@ -200,8 +200,9 @@ def _train_original(pm, job: PeerJob, device, pad_id: int, compat_length: int, b
     return [float(x) for x in losses]
 
 
-def _answer(model, questions: Sequence[Sequence[int]], device, pad_id: int, eos_id: int, max_new: int):
-    """Greedy answers to one job's questions in one left-padded `generate` batch; the eos and what follows dropped."""
+def _answer(model, questions: Sequence[Sequence[int]], device, pad_id: int, eos_id: int | None, max_new: int):
+    """Greedy answers to one job's questions in one left-padded `generate` batch; the eos and what follows dropped
+    (eos_id None: no stop, every answer max_new tokens)."""
     import torch
     import transformers
     if not questions:
@@ -219,11 +220,11 @@ def _answer(model, questions: Sequence[Sequence[int]], device, pad_id: int, eos_
         out = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=gc)
     answers = []
     for row in out[:, T:].tolist():
-        answers.append(row[:row.index(eos_id)] if eos_id in row else row)
+        answers.append(row[:row.index(eos_id)] if eos_id is not None and eos_id in row else row)
     return answers
 
 
-def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraConfig, pad_id: int, eos_id: int,
+def run_peer(model: Model, jobs: Sequence[PeerJob], mode: str, lora_cfg: LoraConfig, pad_id: int, eos_id: int | None,
              answer_max_tokens: int, dtype: str = "float32", compat_length: int = 2048, max_length: int = 2048,
              loss_mode: str = "all", device: str | None = None, return_adapters: bool = False,
              num_threads: int | None = None, warmup: bool = False) -> dict[str, Any]:

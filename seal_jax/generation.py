@@ -70,7 +70,6 @@ def decode_step(model: Model, cache, tokens, positions, cache_index, lora=None):
 def sample_tokens(logits, keys, temperature, top_p):
     """logits float32 [B, V], keys [B, 2], temperature [B] (0 = greedy), top_p [B] -> tokens int32 [B]."""
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
 
     def nucleus(scaled):
         probs = jax.nn.softmax(scaled, axis=-1)  # [B, V]
@@ -79,9 +78,14 @@ def sample_tokens(logits, keys, temperature, top_p):
         threshold = jnp.min(jnp.where(keep, sorted_p, jnp.inf), axis=-1, keepdims=True)  # [B, 1]
         return jnp.where(probs >= threshold, scaled, -jnp.inf)
 
-    scaled = jax.lax.cond(jnp.all(top_p >= 1.0), lambda s: s, nucleus, scaled)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    def sample(_):
+        scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+        scaled = jax.lax.cond(jnp.all(top_p >= 1.0), lambda s: s, nucleus, scaled)
+        sampled = jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+        return jnp.where(temperature > 0, sampled, greedy)
+
+    # an all-greedy batch (answering questions) draws no [B, V] noise
+    return jax.lax.cond(jnp.any(temperature > 0), sample, lambda _: greedy, None)
 
 
 @functools.partial(jax.jit, donate_argnames=("cache",))
@@ -212,7 +216,7 @@ def _run(model: Model, lora, row_adapters: np.ndarray | None, prompts: list[list
     stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
     stop_ids[:len(stop)] = stop
 
-    S = P + min(N, FIRST_WINDOW)
+    S = first_window(P, N)
     rows = dict(tokens=tokens, pos=pos, seg=seg, lengths=lengths, keys=np.asarray(keys), temps=temps, tops=tops,
                 budgets=budgets, out=np.zeros((B, N), np.int32))
     if mesh is None:
@@ -221,20 +225,37 @@ def _run(model: Model, lora, row_adapters: np.ndarray | None, prompts: list[list
     else:
         rows, cache = _place_rows(mesh, cfg, B, S, model.dtype, rows)
     logits, cache = _prefill(model, lora, groups, rows["tokens"], rows["pos"], rows["seg"], cache)
-    state = (jnp.int32(0), logits, rows["out"], rows["budgets"] <= 0, jnp.zeros((B,), jnp.int32), rows["keys"])
-    while True:
-        state, cache = _decode(model, lora, groups, cache, state, rows["lengths"], jnp.int32(P), rows["temps"],
-                               rows["tops"], rows["budgets"], jnp.asarray(stop_ids))
-        if int(state[0]) >= N or bool(jnp.all(state[3])):
-            break
-        S = P + min(N, 2 * (S - P))  # some row is still generating: double the window
-        cache = _grow(cache, S)
+    out, n_gen = decode_windows(model, lora, groups, cache, logits, rows["lengths"], rows["keys"], rows["temps"],
+                                rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
     from seal_jax.distributed import gather
-    out, n_gen = gather((state[2], state[4]))
+    out, n_gen = gather((out, n_gen))
     result: list[list[int]] = [[] for _ in range(B)]
     for i, row in enumerate(order):
         result[row] = out[i, :n_gen[i]].tolist()
     return result
+
+
+def decode_windows(model: Model, lora, groups, cache, logits, lengths, keys, temperature, top_p, max_new, stop_ids,
+                   out):
+    """Decode after a prefill of P = cache slots - the first window: up to N = out.shape[1] new tokens per row, the
+    cache doubled (`_grow`) each time it fills while some row is still generating. Returns (out [B, N], n_generated
+    [B]) as device arrays."""
+    B, N = out.shape
+    S = cache["seg"].shape[1]
+    P = S - min(N, FIRST_WINDOW)
+    state = (jnp.int32(0), logits, out, max_new <= 0, jnp.zeros((B,), jnp.int32), keys)
+    while True:
+        state, cache = _decode(model, lora, groups, cache, state, lengths, jnp.int32(P), temperature, top_p, max_new,
+                               stop_ids)
+        if int(state[0]) >= N or bool(jnp.all(state[3])):
+            return state[2], state[4]
+        S = P + min(N, 2 * (S - P))  # some row is still generating: double the window
+        cache = _grow(cache, S)
+
+
+def first_window(prompt_bucket: int, new_bucket: int) -> int:
+    """Cache slots of the first decode window: the prompt bucket plus up to FIRST_WINDOW new tokens."""
+    return prompt_bucket + min(new_bucket, FIRST_WINDOW)
 
 
 def _row_keys(seed, row_seeds: np.ndarray | None, B: int):
