@@ -28,10 +28,10 @@ Implementations (`ModelConfig.attention`):
              otherwise the call falls back (see `select_implementation`).
   splash     TPU splash attention (Pallas) with SegmentIds and a causal mask; only without a cache offset
              (q_offset a python 0 and T == S, i.e. training and slot-0 prefill without a cache); see `_splash`.
-  auto       CPU: blockwise for large calls (T >= 32 and T * S >= 256^2, where it is faster than einsum and its memory
+  auto       CPU: blockwise for large calls (T >= 32 and T * S > 256^2, where it is faster than einsum and its memory
              stays bounded), else einsum; GPU: cudnn; TPU: splash when the program runs on one device.
 A backend that cannot serve a call (wrong platform, dtype, shape, cache offset) falls back to "blockwise" for large
-calls (on GPU / TPU: T >= 32 and T * S >= 2048^2, where xla's scores reach gigabytes per layer), else to "einsum" on
+calls (on GPU / TPU: T >= 32 and T * S > 2048^2, where xla's scores reach gigabytes per layer), else to "einsum" on
 CPU and "xla" elsewhere; `select_implementation` says which backend a call gets (`_select` also gives the reason).
 """
 
@@ -104,14 +104,18 @@ def _is_static_zero(q_offset) -> bool:
 
 # "Large" calls, where blockwise replaces einsum / xla (see `_large` and tests/models/test_attention.py).
 _BLOCKWISE_MIN_T = 32  # fewer queries (decode steps, short chunks): scores [B, H, T, S] are small and einsum is faster
-_BLOCKWISE_MIN_TS_CPU = 256 * 256  # CPU: blockwise is already 2-5x faster than einsum there (fwd and fwd+bwd)
-_BLOCKWISE_MIN_TS = 2048 * 2048  # GPU / TPU: where xla's fp32 scores reach 16 MiB per (row, head), 2 GiB per layer
-# for 4 rows x 32 heads (and as much again for the backward); below it xla's kernels are left alone
+# CPU: above one 256 x 256 block pair (`_BLOCK_CPU`), where blockwise starts to bound memory; it is also 2-5x faster
+# than einsum there (fwd and fwd+bwd, measured from T = S = 192 up). Up to one block it would hold the same scores as
+# einsum, which stays (the reference, and what seal_jax.planner's activation estimate assumes).
+_BLOCKWISE_MIN_TS_CPU = 256 * 256
+# GPU / TPU: where xla's fp32 scores reach 16 MiB per (row, head), 2 GiB per layer for 4 rows x 32 heads (and as much
+# again for the backward); below it xla's kernels are left alone.
+_BLOCKWISE_MIN_TS = 2048 * 2048
 
 
 def _large(q, k, platform: str) -> bool:
     T, S = q.shape[1], k.shape[1]
-    return T >= _BLOCKWISE_MIN_T and T * S >= (_BLOCKWISE_MIN_TS_CPU if platform == "cpu" else _BLOCKWISE_MIN_TS)
+    return T >= _BLOCKWISE_MIN_T and T * S > (_BLOCKWISE_MIN_TS_CPU if platform == "cpu" else _BLOCKWISE_MIN_TS)
 
 
 def _select(implementation: str, q, k, q_offset, platform: str) -> tuple[str, str]:
