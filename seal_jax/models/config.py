@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any, Mapping
 
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
-ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash")  # see seal_jax/models/attention.py
+ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash", "blockwise")  # see seal_jax/models/attention.py
 
 
 class ConfigError(ValueError):
