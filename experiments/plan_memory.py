@@ -104,8 +104,10 @@ def engine_main(args) -> int:
         return 2
     dtypes = [args.dtype] + (["float32"] if args.xla and args.dtype != "float32" else [])
     for dtype in dtypes:
+        # the estimate of the device's own platform; the --xla comparison is XLA:CPU's (this process's platform)
+        platform = None if dtype != args.dtype else planner.device_platform(args.device)
         plan = planner.plan_engine(cfg, lora, args.adapters, args.rows, args.seq_len, args.steps_per_call, dtype,
-                                   args.batch_size)
+                                   args.batch_size, platform=platform)
         try:
             planner.check_fits(plan, budget)
             verdict = "fits"

@@ -25,6 +25,8 @@ import types
 import numpy as np
 
 from seal_jax.lora import LoraConfig, num_lora_params
+from seal_jax.models.grouped import resolve_backend, tile_size
+from seal_jax.models.transformer import lora_shapes
 from seal_jax.models.config import ModelConfig
 from seal_jax.sharding import PARAM_AXES, logical_to_spec
 
@@ -131,36 +133,61 @@ def plan_training(cfg: ModelConfig, lora: LoraConfig, num_adapters: int, seq_len
         data=data, activations=activation_bytes(cfg, seq_len, k_local * batch_size, m, remat, dtype))
 
 
-# The ragged engine's call (seal_jax.engine), rematerialised layers: temporaries fitted to XLA's
-# memory_analysis() of the real call lowered with abstract arrays (fp32, CPU backend, small presets: within 5%):
-#   temp = s * slot_state + c * N * (D + (H + 2 Kv) Dh + F) * 4 + a * R * H * T^2 * 4 (einsum scores) + v * chunk * V * 4
-_ENGINE = {"state": 3.657, "layer": 1.129, "scores": 0.088, "logits": 1.97}
+# The ragged engine's call (seal_jax.engine), rematerialised layers. Temporaries, fitted (least relative error) to
+# XLA's memory_analysis() of the real call lowered from abstract arrays (fp32, CPU backend) on 10 small-preset shapes
+# and the two real ones (qwen2.5-7b, 64 slots, 8 x 512; llama-3.2-1b, 16 r128 slots, 4 x 8192), all within 6%:
+#   temp = s * slot_state + c * N (D + (H + 2 Kv) Dh + F) * 4 + v * chunk * V * 4 + g * LoRA tile gathers
+#          + L * N * D (saved layer inputs) + 2 * R * H * T^2 * 4 (one layer's fp32 scores, einsum / xla only)
+_ENGINE = {"state": 2.484, "layer": 8.312, "logits": 1.598, "tiles": 0.404, "scores": 2.0}
 
 
 def plan_engine(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_length: int,
                 steps_per_call: int = 8, dtype: str = "bfloat16", max_batch: int = 1,
-                attention: str | None = None) -> MemoryPlan:
+                attention: str | None = None, platform: str | None = None) -> MemoryPlan:
     """Per-device estimate for one call of the ragged engine (`seal_jax.engine`) with rematerialised layers (the
     engine's policy for models that need it; see `engine_remat`): K = `slots` resident adapters (fp32 weights and
     AdamW moments; their gradients), the call's packed data ([steps, rows, row_length]), the frozen weights, and one
-    global step's temporaries over N = rows x row_length tokens. `attention`: the backend the call will use (einsum
-    and xla hold fp32 scores [rows, H, T, T] of one layer; blockwise, cudnn and splash do not)."""
+    global step's temporaries over N = rows x row_length tokens. `attention` (default: the config's) and `platform`
+    ("cpu" | "gpu" | "tpu"; default: this process's) decide the attention backend the call gets
+    (`attention.select_implementation`): einsum and xla hold fp32 scores [rows, H, T, T] of one layer; blockwise,
+    cudnn and splash do not."""
     from seal_jax.losses import chunk_size
     K, R, T, N = slots, rows, row_length, rows * row_length
     item = _ITEMSIZE[dtype]
     state = num_lora_params(cfg, lora) * 4 * K  # fp32 adapters
     D, F, H, Kv, Dh, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                           cfg.vocab_size)
-    scores = R * H * T * T * 4 if (attention or cfg.attention) in ("einsum", "xla", "auto") else 0
+    scores = R * H * T * T * 4 if _backend(cfg, attention, R, T, dtype, platform) in ("einsum", "xla") else 0
     layer = N * (D + (H + 2 * Kv) * Dh + F) * item
     saved = cfg.num_layers * N * D * item  # each layer's input, kept for the backward pass
-    temps = (_ENGINE["state"] * state + _ENGINE["layer"] * layer + _ENGINE["scores"] * scores
-             + _ENGINE["logits"] * chunk_size(N, V) * V * 4 + saved)
     Gm = -(-(K * max_batch + 2 * R) // 8) * 8
+    # the tiled LoRA backend gathers each tile's adapter weights (fp32), and their gradients, for one layer
+    tiles = 0
+    if resolve_backend(cfg.lora_backend) == "tiled":
+        shapes = lora_shapes(cfg)
+        P = N // tile_size(N, Gm) + Gm + 1
+        tiles = 2 * P * sum(lora.rank * (shapes[t][0] + shapes[t][1]) for t in lora.targets) * 4
+    temps = (_ENGINE["state"] * state + _ENGINE["layer"] * layer + _ENGINE["scores"] * scores
+             + _ENGINE["logits"] * chunk_size(N, V) * V * 4 + saved + _ENGINE["tiles"] * tiles)
     data = steps_per_call * (R * T * 6 * 4 + 2 * Gm * 4 + K)
     return MemoryPlan(what=f"engine call: {K} adapter slots, {R} x {T}-token streams", mesh=(1, 1),
                       weights=weight_bytes(cfg, (1, 1), dtype), adapters=state, optimizer=2 * state, data=data,
                       activations=int(temps))
+
+
+def _backend(cfg: ModelConfig, attention, R: int, T: int, dtype: str, platform) -> str:
+    import jax
+    import jax.numpy as jnp
+    from seal_jax.models.attention import select_implementation
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    q = jax.ShapeDtypeStruct((R, T, cfg.num_heads, cfg.head_dim), dt)
+    k = jax.ShapeDtypeStruct((R, T, cfg.num_kv_heads, cfg.head_dim), dt)
+    return select_implementation(attention or cfg.attention, q, k, 0, platform)
+
+
+def device_platform(name: str) -> str:
+    """"gpu" for the NVIDIA names of DEVICE_MEMORY, "tpu" for the others."""
+    return "gpu" if name.upper().startswith(("H1", "H2", "A1")) else "tpu"
 
 
 def engine_remat(cfg: ModelConfig, tokens: int, dtype: str = "bfloat16", budget_bytes: int | None = None) -> bool:

@@ -38,8 +38,9 @@ def resolve_backend(backend: str) -> str:
 
 def tile_size(n: int, groups: int) -> int:
     """Tokens per tile for N tokens in G groups: about N / 2G (so the G partial tiles cost at most ~half the
-    stream), a power of two in [4, 128] that divides N when possible."""
-    target = max(4, min(128, n // max(2 * groups, 1)))
+    stream, and the P = N / tile + G + 1 tiles gather at most ~3G adapters' weights), a power of two in [4, 512]
+    that divides N when possible."""
+    target = max(4, min(512, n // max(2 * groups, 1)))
     t = 1
     while t * 2 <= target:
         t *= 2
