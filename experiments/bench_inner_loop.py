@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 
 import jax

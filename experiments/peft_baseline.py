@@ -45,7 +45,6 @@ import warnings
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
 import seal_jax
 from seal_jax import inner_loop as il
@@ -371,13 +370,8 @@ def make_jobs(cfg, n: int, examples: int, questions: int, seq_len: int, prompt_l
               seed: int = 0) -> list[PeerJob]:
     """Random jobs drawn as experiments/bench_inner_loop.py's `make_work` draws them (the same tokens per seed): per
     job `examples` sequences of exactly seq_len tokens and `questions` prompts of prompt_len tokens; init seed k."""
-    datasets, prompts = [], []
-    for k in range(n):
-        rng = np.random.default_rng([seed, k])
-        datasets.append([il.Example(tuple(rng.integers(3, cfg.vocab_size, seq_len).tolist()))
-                         for _ in range(examples)])
-        prompts.append([rng.integers(3, cfg.vocab_size, prompt_len).tolist() for _ in range(questions)])
-    return jobs_from_work(datasets, prompts, spec)
+    from experiments.bench_inner_loop import make_work
+    return jobs_from_work(*make_work(cfg, n, examples, questions, seq_len, prompt_len, seed), spec)
 
 
 def _summary(r: dict) -> dict:

@@ -314,7 +314,7 @@ def _blockwise(q, k, v, q_segment_ids, kv_segment_ids, q_offset, *, block_q: int
     Not tuned for multi-device programs: the loops slice rows by a traced index, so under a jit whose batch axis is
     sharded XLA gathers the rows onto each device (correct; use shard_map around the model to keep rows local)."""
     B, T, H, Dh = q.shape
-    S, K = k.shape[1], k.shape[2]
+    S = k.shape[1]
     default = _BLOCK_CPU if _platform() == "cpu" else _BLOCK
     bq, bk = _block_size(T, block_q or default), _block_size(S, block_k or default)
     Tp, Sp = -(-T // bq) * bq, -(-S // bk) * bk

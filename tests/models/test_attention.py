@@ -337,26 +337,6 @@ def test_model_forward_splash_interpret_equals_einsum(monkeypatch):
     assert err < 1e-4 and bool(jnp.isfinite(got).all())
 
 
-def test_model_cached_decode_xla_equals_einsum():
-    from seal_jax import generation
-    from seal_jax.models.transformer import init_cache
-
-    base = seal_jax.init_model(seal_jax.get_preset("tiny-qwen2"))
-    seq = np.random.default_rng(1).integers(3, base.config.vocab_size, (2, 12)).astype(np.int32)
-    outs = {}
-    for name in ("einsum", "xla"):
-        model = seal_jax.Model(base.config.replace(attention=name), base.params)
-        cache = init_cache(model.config, 2, 16)
-        prompt_pos = np.tile(np.arange(8, dtype=np.int32), (2, 1))
-        logits, cache = generation.decode_step(model, cache, seq[:, :8], prompt_pos, 0)
-        steps = [logits]
-        for t in range(8, 12):
-            logits, cache = generation.decode_step(model, cache, seq[:, t:t + 1], np.full((2, 1), t, np.int32), t)
-            steps.append(logits)
-        outs[name] = np.concatenate([np.asarray(s) for s in steps], axis=1)
-    assert np.abs(outs["xla"] - outs["einsum"]).max() < 1e-4
-
-
 def test_config_field():
     cfg = seal_jax.get_preset("tiny-qwen2")
     assert cfg.attention == "auto"
@@ -522,17 +502,18 @@ def test_model_forward_blockwise_equals_einsum(monkeypatch, preset):
     assert err < 1e-4
 
 
-def test_model_cached_decode_blockwise_equals_einsum(monkeypatch):
+@pytest.mark.parametrize("name", ["xla", "blockwise"])
+def test_model_cached_decode_equals_einsum(name, monkeypatch):
     from seal_jax import generation
     from seal_jax.models.transformer import init_cache
 
-    monkeypatch.setattr(attn, "_BLOCK_CPU", 4)
+    monkeypatch.setattr(attn, "_BLOCK_CPU", 4)  # blockwise: several blocks even at 16 cache slots
     monkeypatch.setattr(attn, "_BLOCK", 4)
     base = seal_jax.init_model(seal_jax.get_preset("tiny-qwen2"))
     seq = np.random.default_rng(1).integers(3, base.config.vocab_size, (2, 12)).astype(np.int32)
     outs = {}
-    for name in ("einsum", "blockwise"):
-        model = seal_jax.Model(base.config.replace(attention=name), base.params)
+    for impl in ("einsum", name):
+        model = seal_jax.Model(base.config.replace(attention=impl), base.params)
         cache = init_cache(model.config, 2, 16)
         prompt_pos = np.tile(np.arange(8, dtype=np.int32), (2, 1))
         logits, cache = generation.decode_step(model, cache, seq[:, :8], prompt_pos, 0)
@@ -540,5 +521,5 @@ def test_model_cached_decode_blockwise_equals_einsum(monkeypatch):
         for t in range(8, 12):
             logits, cache = generation.decode_step(model, cache, seq[:, t:t + 1], np.full((2, 1), t, np.int32), t)
             steps.append(logits)
-        outs[name] = np.concatenate([np.asarray(s) for s in steps], axis=1)
-    assert np.abs(outs["blockwise"] - outs["einsum"]).max() < 1e-4
+        outs[impl] = np.concatenate([np.asarray(s) for s in steps], axis=1)
+    assert np.abs(outs[name] - outs["einsum"]).max() < 1e-4
