@@ -352,7 +352,9 @@ def bench_workload(args) -> int:
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     w = workloads.build(args.workload, n_tasks=args.arc_tasks, max_sequences=args.arc_max_sequences)
     args.preset = args.preset or ("tiny-qwen2" if args.workload == "knowledge-seal" else "tiny-llama")
-    cfg = get_preset(args.preset).replace(vocab_size=max(w.vocab_size, _real_vocab(args.workload)))
+    full = get_preset("qwen2.5-7b" if args.workload == "knowledge-seal" else "llama-3.2-1b")
+    cfg = get_preset(args.preset).replace(vocab_size=max(w.vocab_size, full.vocab_size),
+                                          max_position_embeddings=full.max_position_embeddings)
     if args.remat:
         cfg = cfg.replace(remat=True)
     model = init_model(cfg, seed=0, dtype=args.dtype)
@@ -395,11 +397,6 @@ def bench_workload(args) -> int:
     return 0
 
 
-def _real_vocab(workload: str) -> int:
-    """The real models' vocabulary sizes (the embedding rows, padded beyond the tokenizer's ids)."""
-    return get_preset("qwen2.5-7b" if workload == "knowledge-seal" else "llama-3.2-1b").vocab_size
-
-
 def _fmt(x, unit="s"):
     return "-" if x is None else f"{x:.3f} {unit}"
 
@@ -408,7 +405,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=None,
                     help="model shape (default small-qwen2; with --workload tiny-qwen2 / tiny-llama, the real "
-                         "model's family, with its vocabulary replaced by the real model's)")
+                         "model's family, with the real model's vocabulary and positions)")
     ap.add_argument("--adapters", default="1,4,16", help="N, or a comma-separated list of N")
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per training example (exactly)")
     ap.add_argument("--steps", type=int, default=10, help="optimiser steps per adapter")
