@@ -364,8 +364,7 @@ def bench_workload(args) -> int:
     assert ragged["real_tokens"] == padded["real_tokens"] == real, (ragged["real_tokens"], padded["real_tokens"], real)
     r = {"workload": w.name, "jobs": len(w.jobs), "real_tokens": real,
          "useful_token_fraction": round(real / ragged["token_slots"], 4), "token_slots": ragged["token_slots"],
-         "global_steps": ragged["global_steps"], "shapes": {f"{a}x{b}": n for (a, b), n in
-                                                             sorted(ragged["shapes"].items())},
+         "global_steps": ragged["global_steps"], "shapes": eng.format_shapes(ragged["shapes"]),
          "padded_useful_token_fraction": round(real / padded["token_slots"], 4),
          "padded_token_slots": padded["token_slots"], "padded_adapters_per_batch": w.adapters_per_batch,
          "slots": args.slots or w.slots, "tokens_per_step": args.tokens_per_step or w.tokens_per_step,

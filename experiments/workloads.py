@@ -299,7 +299,7 @@ def run_ragged(w: Workload, model: Model, slots: int | None = None, tokens_per_s
     st = engine.stats
     return {**times, "token_slots": st["token_slots"], "real_tokens": st["real_tokens"],
             "global_steps": st["global_steps"], "calls": st["calls"],
-            "shapes": {f"{r}x{t}": n for (r, t), n in sorted(st["shapes"].items())}, "outputs": outputs}
+            "shapes": eng.format_shapes(st["shapes"]), "outputs": outputs}
 
 
 def run_padded(w: Workload, model: Model, max_steps: int | None = None) -> dict:

@@ -25,6 +25,10 @@ stream drains; one program is compiled per (R, T) bucket. `steps_per_call` globa
 calls. Slot selection: oldest job first while jobs wait to be admitted (so jobs finish and slots refill), most
 remaining tokens first once the queue is empty (so the last jobs end together).
 
+Loss. Chunked cross-entropy (`seal_jax.losses`); when fewer than half the positions of a call's steps carry loss
+(completion-only masks: ARC's output-token strategy), only those positions are gathered and projected onto the
+vocabulary, in a bucketed count C per call.
+
 Accounting (`Engine.stats`): token slots computed (steps x R x T, every slot counted) and real tokens (the
 non-padding tokens of the batches), so `real / slots` is the useful fraction of the compiled work.
 """
@@ -45,7 +49,7 @@ import optax
 from seal_jax import inner_loop as il
 from seal_jax import optim
 from seal_jax.buckets import bucket
-from seal_jax.losses import next_token_nll
+from seal_jax.losses import next_token_nll, token_nll
 from seal_jax.lora import Lora, LoraConfig, init_lora
 from seal_jax.models.model import Model
 
@@ -190,7 +194,9 @@ def _global_step(model: Model, state: SlotState, batch, hp):
     """One optimiser step of every selected slot over one packed stream (see the module docstring).
 
     batch: tokens / positions / segment_ids / kv_segment_ids [R, T] int32, weights [R, T] float32,
-           token_slot [R*T] int32 (-1: padding), group_ids / group_sizes [Gm] int32, stepping [K] bool.
+           token_slot [R*T] int32 (-1: padding), group_ids / group_sizes [Gm] int32, stepping [K] bool, and when
+           only some positions carry loss, target_index [C] int32 (their indices among the R*(T-1) predicting
+           positions, `targets` of them real): only those are projected onto the vocabulary.
     hp: per-slot hyper-parameters [K] (learning_rate, schedule, warmup_steps, total_steps, max_grad_norm,
         weight_decay). Returns (state, loss [K], grad norm [K]) with nan for slots that did not step.
     """
@@ -202,12 +208,20 @@ def _global_step(model: Model, state: SlotState, batch, hp):
         tree = Lora(lora_cfg, w).ragged_tree(batch["group_ids"], batch["group_sizes"])
         hidden, _ = model.apply(batch["tokens"], batch["positions"], batch["segment_ids"], lora=tree,
                                 kv_segment_ids=batch["kv_segment_ids"], output="hidden")  # [R, T, D]
-        nll, same = next_token_nll(hidden, model.head(), batch["tokens"], batch["segment_ids"])  # [R, T-1]
-        w_tok = batch["weights"][:, 1:] * same  # [R, T-1]
-        slot = batch["token_slot"].reshape(R, T)[:, 1:]  # the slot of each target (same segment => same slot)
-        seg = jnp.where(slot >= 0, slot, K).reshape(-1)
-        tot = jax.ops.segment_sum((nll * w_tok).reshape(-1), seg, num_segments=K + 1)[:K]  # [K]
-        cnt = jax.ops.segment_sum(w_tok.reshape(-1), seg, num_segments=K + 1)[:K]  # [K]
+        seg_ids = batch["segment_ids"]
+        same = (seg_ids[:, 1:] == seg_ids[:, :-1]) & (seg_ids[:, 1:] > 0)  # a target continues its own sequence
+        w_tok = (batch["weights"][:, 1:] * same).reshape(-1)  # [R*(T-1)]
+        slot = batch["token_slot"].reshape(R, T)[:, 1:].reshape(-1)  # the slot of each target
+        if "target_index" in batch:  # only the C positions with a loss are projected onto the vocabulary
+            idx = batch["target_index"]  # [C] into the R*(T-1) predicting positions (padding entries: weight 0)
+            h = hidden[:, :-1].reshape(-1, hidden.shape[-1])[idx]  # [C, D]
+            nll = token_nll(h, model.head(), batch["tokens"][:, 1:].reshape(-1)[idx])  # [C]
+            w_tok, slot = w_tok[idx] * (jnp.arange(idx.shape[0]) < batch["targets"]), slot[idx]
+        else:
+            nll = next_token_nll(hidden, model.head(), batch["tokens"], seg_ids)[0].reshape(-1)  # [R*(T-1)]
+        seg = jnp.where(slot >= 0, slot, K)
+        tot = jax.ops.segment_sum(nll * w_tok, seg, num_segments=K + 1)[:K]  # [K]
+        cnt = jax.ops.segment_sum(w_tok, seg, num_segments=K + 1)[:K]  # [K]
         per_slot = tot / jnp.maximum(cnt, 1.0)  # mean over each slot's own targets, as the padded step
         return jnp.sum(per_slot), per_slot
 
@@ -294,6 +308,7 @@ class _Call:
     R: int
     T: int
     steps: list[dict[str, np.ndarray]]  # per global step: the arrays of `_layout`
+    C: int  # positions projected onto the vocabulary per step (0: all R x (T - 1))
     reset: np.ndarray  # [K] bool: slot takes a new job at the start of the call
     seeds: np.ndarray  # [K] int32 LoRA seeds of the new jobs
     hp: dict[str, np.ndarray]  # per-slot hyper-parameters [K]
@@ -302,6 +317,11 @@ class _Call:
     @property
     def real_tokens(self) -> int:
         return int(sum((s["kv_segment_ids"] > 0).sum() for s in self.steps))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The compiled program's shape bucket: (rows, row length, projected positions or 0 for all)."""
+        return self.R, self.T, self.C
 
 
 class _Scheduler:
@@ -387,7 +407,7 @@ class _Scheduler:
         """Admit into free slots and plan the next call; None when every job is done."""
         reset, seeds, empty = self._admit()
         if not self._live():
-            return _Call(0, self.T, [], reset, seeds, dict(self.hp), empty) if empty else None
+            return _Call(0, self.T, [], 0, reset, seeds, dict(self.hp), empty) if empty else None
         R = self._rows()
         steps = []
         for _ in range(self.cfg.steps_per_call):
@@ -402,7 +422,16 @@ class _Scheduler:
                 a = self.slots[k]
                 a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
                 a.step += 1
-        return _Call(R, self.T, steps, reset, seeds, {k: v.copy() for k, v in self.hp.items()}, empty)
+        # Loss only on some tokens (completion masks): project just those positions, in a bucketed count C.
+        most = max(len(st["target_index"]) for st in steps)
+        C = bucket(most, minimum=16) if most else 16
+        C = 0 if C >= R * (self.T - 1) // 2 else C  # under half the positions only: else the plain chunked loss
+        for st in steps:
+            idx = st.pop("target_index")
+            st["targets"] = np.int32(len(idx))
+            if C:
+                st["target_index"] = np.pad(idx, (0, C - len(idx))).astype(np.int32)
+        return _Call(R, self.T, steps, C, reset, seeds, {k: v.copy() for k, v in self.hp.items()}, empty)
 
     def after_call(self, failed: np.ndarray | None = None) -> list[tuple[int, _Active, bool]]:
         """Free the slots whose job ended (all steps taken, or failed on the device): (slot, job, failed)."""
@@ -472,9 +501,11 @@ def _layout(placed, R: int, T: int, K: int, Gm: int) -> dict[str, np.ndarray]:
         raise AssertionError(f"{len(gid)} groups exceed the static bound {Gm}")
     gid += [-1] * (Gm - len(gid))
     gsz += [0] * (Gm - len(gsz))
+    same = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+    target_index = np.flatnonzero((w[:, 1:] > 0) & same)  # into the R x (T - 1) predicting positions
     return {"tokens": tok, "positions": pos, "segment_ids": seg, "kv_segment_ids": kv, "weights": w,
             "token_slot": slot.reshape(-1), "group_ids": np.asarray(gid, np.int32),
-            "group_sizes": np.asarray(gsz, np.int32), "stepping": stepping}
+            "group_sizes": np.asarray(gsz, np.int32), "stepping": stepping, "target_index": target_index}
 
 
 # ------------------------------------------------------------------------------------------------ the engine
@@ -505,14 +536,14 @@ class Engine:
             stats["finish_order"] += call.empty + [a.index for _, a, _ in sched.after_call()]
         return stats
 
-    def compile(self, jobs: Sequence[Job]) -> set[tuple[int, int]]:
+    def compile(self, jobs: Sequence[Job]) -> set[tuple[int, int, int]]:
         """Compile the program of every call shape `run(jobs)` will use (each run once with zero steps), so that
-        timing `run` measures no compilation. Returns the (R, T) shapes."""
+        timing `run` measures no compilation. Returns the (R, T, C) shapes."""
         sched = _Scheduler(self.cfg, jobs)
-        shapes: dict[tuple[int, int], _Call] = {}
+        shapes: dict[tuple[int, int, int], _Call] = {}
         while (call := sched.next_call()) is not None:
             if call.steps:
-                shapes.setdefault((call.R, call.T), call)
+                shapes.setdefault(call.shape, call)
             sched.after_call()
         state = self._init_state()
         for call in shapes.values():
@@ -574,7 +605,7 @@ class Engine:
 
 
 def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int, row_length: int,
-               max_batch: int = 1):
+               max_batch: int = 1, targets: int = 0):
     """The compiled program of one engine call with `rows` x `row_length` packed streams, lowered and compiled from
     abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
     `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries)."""
@@ -584,11 +615,19 @@ def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int,
     i32, f32 = jnp.int32, jnp.float32
     data = {"tokens": sds((G, R, T), i32), "positions": sds((G, R, T), i32), "segment_ids": sds((G, R, T), i32),
             "kv_segment_ids": sds((G, R, T), i32), "weights": sds((G, R, T), f32), "token_slot": sds((G, R * T), i32),
-            "group_ids": sds((G, Gm), i32), "group_sizes": sds((G, Gm), i32), "stepping": sds((G, K), jnp.bool_)}
+            "group_ids": sds((G, Gm), i32), "group_sizes": sds((G, Gm), i32), "stepping": sds((G, K), jnp.bool_),
+            "targets": sds((G,), i32)}
+    if targets:
+        data["target_index"] = sds((G, targets), i32)
     hp = {n: sds((K,), f32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else i32)
           for n in _Scheduler.HP}
     state = jax.eval_shape(lambda: Engine(model, lora_cfg, cfg)._init_state())
     return _run_call.lower(model, state, data, hp, sds((K,), jnp.bool_), sds((K,), i32), sds((), i32)).compile()
+
+
+def format_shapes(shapes) -> dict[str, int]:
+    """{(R, T, C): calls} -> {"RxT" or "RxT/C": calls} (C: positions projected onto the vocabulary, when not all)."""
+    return {f"{r}x{t}" + (f"/{c}" if c else ""): n for (r, t, c), n in sorted(shapes.items())}
 
 
 def _new_stats() -> dict:
@@ -603,4 +642,4 @@ def _account(stats: dict, call: _Call) -> None:
     stats["global_steps"] += len(call.steps)
     stats["token_slots"] += len(call.steps) * call.R * call.T
     stats["real_tokens"] += call.real_tokens
-    stats["shapes"][(call.R, call.T)] += 1
+    stats["shapes"][call.shape] += 1

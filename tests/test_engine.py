@@ -23,8 +23,8 @@ def _examples(rng, n, lo=6, hi=30, prompt=False):
     out = []
     for _ in range(n):
         toks = rng.integers(3, 512, rng.integers(lo, hi)).tolist()
-        if prompt:  # completion-only loss: the first third is a prompt
-            p = len(toks) // 3
+        if prompt:  # completion-only loss: the first three quarters are a prompt
+            p = 3 * len(toks) // 4
             out.append(il.Example.from_prompt_completion(toks[:p], toks[p:]))
         else:
             out.append(il.Example(tuple(toks)))
@@ -80,6 +80,8 @@ def test_loss_masks_equal_alone(model, loss_mode):
                                                  compat_length=compat))
     for d in e.run(jobs):
         _assert_equal_alone(model, d, loss_mode, compat)
+    # completion: under half the positions carry loss, so only those are projected onto the vocabulary
+    assert any(c > 0 for _, _, c in e.stats["shapes"]) == (loss_mode == "completion")
 
 
 def test_diverging_adapter_is_isolated(model, monkeypatch):
