@@ -1,36 +1,72 @@
 """Run directories shared by the experiment modules: resolved config, an event log, atomic JSON and keyed JSONL.
 
-A run directory is the unit of resumption: each stage writes its output atomically (JSON) or appends finished
-records (JSONL, fsynced), and on a re-run reads them back and skips what is done. A directory created with another
-configuration is refused rather than silently mixed.
+A run directory is the unit of resumption, with these guarantees:
+  * every JSON file is written atomically (a temporary file, fsync, rename, fsync of the folder): a kill leaves the
+    old file or the new one, never a torn one;
+  * JSONL files only ever get whole lines, flushed and fsynced per record; a last line cut by a kill is found when
+    the file is next read, moved aside to `<file>.torn` with a warning, and the file cut back to its last whole line,
+    so its record is simply redone; records are unique by key (a duplicate on write is an error, duplicates already
+    on disk are dropped on read, keeping the first, with a warning);
+  * one writer per directory: `RunDir` holds an advisory lock (`run.lock`, released by the OS when the process dies,
+    kill -9 included) for the process's life; a second run on the same directory stops at once with a one-line error
+    naming the holder's pid. Paths are compared after resolving (`./x` and `x` are the same directory);
+  * a directory created with another configuration is refused rather than silently mixed, unless it holds no work
+    yet (a run that failed at start-up does not block the corrected command).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+# Files of a run directory that are not work: a directory holding only these may take another configuration.
+_BOOKKEEPING = frozenset({"config.json", "events.jsonl", "run.lock"})
+
+
+class RunDirError(SystemExit):
+    """A run directory that cannot be used (one line: the directory and why)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"error: {message}")
+
 
 class RunDir:
-    """config.json, an append-only events.jsonl and the stage files; refuses a directory of another config.
+    """config.json, an append-only events.jsonl and the stage files, with the guarantees of the module docstring.
     `resume_free` names config keys that may change between a run and its resumption (they do not change results:
-    progress bars, the output folder, checkpoint cadence, work budgets)."""
+    progress bars, the output folder, checkpoint cadence, work budgets). Config values that are existing paths are
+    compared resolved."""
 
     def __init__(self, path: str, config: dict, resume_free: Iterable[str] = ("no_progress", "out")):
-        self.path = path
+        self.path = os.path.realpath(path)
         self.resume_free = frozenset(resume_free)
-        os.makedirs(path, exist_ok=True)
-        cfg_path = os.path.join(path, "config.json")
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
+        os.makedirs(self.path, exist_ok=True)
+        self._lock = _acquire(os.path.join(self.path, "run.lock"))
+        cfg_path = os.path.join(self.path, "config.json")
+        config = {k: _canonical(v) for k, v in config.items()}
+        if os.path.exists(cfg_path) and self._has_work():
+            try:
+                with open(cfg_path) as f:
+                    old = json.load(f)
+            except (OSError, json.JSONDecodeError) as e:
+                raise RunDirError(f"{cfg_path} is unreadable ({e}); use another --out") from None
             for k, v in config.items():
-                if k not in self.resume_free and k in old and old[k] != v:
-                    raise SystemExit(f"error: {path} holds a run with {k}={old[k]!r} (asked {v!r}); "
-                                     f"use another --out")
+                if k not in self.resume_free and k in old and _canonical(old[k]) != v:
+                    raise RunDirError(f"{path} holds a run with {k}={old[k]!r} (asked {v!r}); use another --out")
         write_json(cfg_path, config)
+
+    def _has_work(self) -> bool:
+        return any(name not in _BOOKKEEPING and not name.endswith(".tmp") for name in os.listdir(self.path))
+
+    def close(self) -> None:
+        """Release the directory (the OS does it anyway when the process ends)."""
+        if self._lock is not None:
+            _HELD.pop(self._lock.name, None)
+            self._lock.close()
+            self._lock = None
 
     def file(self, *parts: str) -> str:
         """A path inside the run (its folder created)."""
@@ -47,38 +83,113 @@ class RunDir:
         """Print the run's human-readable summary and (unless `write` is false: a non-writing process) store it as
         summary.md."""
         if write:
-            with open(self.file("summary.md"), "w") as f:
-                f.write(text)
+            write_text(self.file("summary.md"), text)
         print(text)
         return text
 
     def event(self, kind: str, **data) -> None:
-        with open(self.file("events.jsonl"), "a") as f:
-            f.write(json.dumps({"time": time.time(), "event": kind, **data}) + "\n")
+        append_jsonl(self.file("events.jsonl"), [{"time": time.time(), "event": kind, **data}])
+
+
+def _canonical(value):
+    """Existing paths resolved, so that two spellings of one file or directory compare equal."""
+    if isinstance(value, str) and value and os.path.exists(value):
+        return os.path.realpath(value)
+    return value
+
+
+_HELD: dict[str, Any] = {}  # locks this process holds, by path (a process may open its own run directory again)
+
+
+def _acquire(lock_path: str):
+    if lock_path in _HELD and not _HELD[lock_path].closed:
+        return _HELD[lock_path]
+    fh = open(lock_path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunDirError(f"{os.path.dirname(lock_path)} is in use by pid {holder}; wait for it or use another "
+                          f"--out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    _HELD[lock_path] = fh
+    return fh
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_text(path: str, text: str) -> None:
+    """Atomic and durable: a temporary file, fsync, rename, fsync of the folder."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path)
 
 
 def write_json(path: str, obj: Any) -> None:
     """Atomic: a kill leaves either the old file or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1))
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a JSONL file; a last line cut by a kill is ignored."""
+def read_jsonl(path: str, key: str | None = None) -> list[dict]:
+    """Records of a run's own JSONL file. A last line cut by a kill (no newline, or not JSON) is moved aside to
+    `<path>.torn` and cut from the file, with a warning, so the record it held is redone. With `key`, records are
+    unique by that field: later duplicates are dropped with a warning (the first is kept)."""
     if not os.path.exists(path):
         return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-    return rows
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]  # a file of whole lines ends with a newline: tail is empty
+    rows, good_bytes = [], 0
+    for i, raw in enumerate(complete):
+        try:
+            if raw.strip():
+                rows.append(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if i < len(complete) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON (not the last line: not a torn write)") from None
+            tail = raw + b"\n" + tail
+            break
+        good_bytes += len(raw) + 1
+    if tail.strip():
+        with open(path + ".torn", "ab") as f:
+            f.write(tail + b"\n")
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+        print(f"warning: {path} ended in a torn record ({len(tail)} bytes, moved to {path}.torn); it will be redone",
+              file=sys.stderr)
+    if key is None:
+        return rows
+    seen, out = set(), []
+    for r in rows:
+        if r.get(key) in seen:
+            print(f"warning: {path}: a second record with {key}={r.get(key)!r} was dropped", file=sys.stderr)
+            continue
+        seen.add(r.get(key))
+        out.append(r)
+    return out
 
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "object"}
@@ -115,11 +226,12 @@ def read_jsonl_strict(path: str | os.PathLike, required: Mapping[str, type] | No
 
 
 def append_jsonl(path: str, rows: Sequence[dict]) -> None:
+    """Whole lines only, one write per record, flushed and fsynced."""
     with open(path, "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def progress(iterable, total: int, desc: str, disabled: bool = False):
@@ -151,12 +263,15 @@ def resume_stream(path: str, items: Sequence, *, key: Callable[[Any], str], reco
     """`resume_records` for work that streams: ``work(todo)`` yields lists of finished records in any order (e.g. the
     ragged engine's jobs as they finish); each list is appended (fsynced) as soon as it arrives, so a killed run loses
     only the work in flight. ``on_done(records, seconds since the previous list)`` runs after each append."""
-    done = {r[record_key]: r for r in read_jsonl(path)}
+    done = {r[record_key]: r for r in read_jsonl(path, key=record_key)}
     todo = [x for x in items if key(x) not in done]
     from tqdm import tqdm
     with tqdm(total=len(todo), desc=desc, disable=no_progress, leave=False) as bar:
         t0 = time.perf_counter()
         for records in (work(todo) if todo else ()):
+            again = [r[record_key] for r in records if r[record_key] in done]
+            if again:
+                raise ValueError(f"{path}: records {again[:3]} were already written (a duplicate key)")
             if write:
                 append_jsonl(path, records)
             done.update({r[record_key]: r for r in records})
