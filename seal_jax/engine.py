@@ -166,9 +166,16 @@ class SlotState:
     opt_state: Any  # optim.adamw state, leading K axis
     step: jax.Array  # [K] int32
     failed: jax.Array  # [K] bool
+    diverged: jax.Array  # [K] bool: failed because an update blew up (DIVERGED), not because a value went non-finite
 
 
-jax.tree_util.register_dataclass(SlotState, data_fields=["lora", "opt_state", "step", "failed"], meta_fields=[])
+jax.tree_util.register_dataclass(SlotState, data_fields=["lora", "opt_state", "step", "failed", "diverged"],
+                                 meta_fields=[])
+
+# An update whose norm exceeds this multiple of (the weights' norm + 1) has blown up: the adapter is failed before it
+# is applied (an lr of 1e30 stays finite in fp32, and the normalised model keeps its loss finite, but its weights are
+# useless). Ordinary steps move LoRA weights by far less than their own norm.
+DIVERGED = 1e3
 
 
 def _fresh(model_cfg, lora_cfg: LoraConfig, seed):
@@ -185,7 +192,7 @@ def _admit(model_cfg, state: SlotState, reset, seeds) -> SlotState:
             lambda n, o: jnp.where(reset.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
         opt = jax.vmap(optim.init_state)(fresh)
         return SlotState(Lora(lora_cfg, keep(fresh, st.lora.weights)), keep(opt, st.opt_state),
-                         jnp.where(reset, 0, st.step), st.failed & ~reset)
+                         jnp.where(reset, 0, st.step), st.failed & ~reset, st.diverged & ~reset)
 
     return jax.lax.cond(jnp.any(reset), renew, lambda st: st, state)
 
@@ -252,11 +259,15 @@ def _global_step(model: Model, state: SlotState, batch, hp):
     new_w, new_o = jax.vmap(update)(grads, state.opt_state, state.lora.weights, hp)
     active = stepping
     finite = jnp.isfinite(loss) & jnp.isfinite(gnorm) & ~dropped
+    moved = jax.vmap(lambda n, o: optax.global_norm(jax.tree.map(jnp.subtract, n, o)))(new_w, state.lora.weights)
+    blown = finite & ~(moved <= DIVERGED * (jax.vmap(optax.global_norm)(state.lora.weights) + 1.0))
+    finite = finite & ~blown
     apply = active & finite
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(apply.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
     state = SlotState(Lora(lora_cfg, keep(new_w, state.lora.weights)), keep(new_o, state.opt_state),
-                      state.step + apply.astype(jnp.int32), state.failed | (active & ~finite))
+                      state.step + apply.astype(jnp.int32), state.failed | (active & ~finite),
+                      state.diverged | (active & blown))
     return state, jnp.where(active, loss, jnp.nan), jnp.where(active, gnorm, jnp.nan)
 
 
@@ -576,7 +587,8 @@ class Engine:
             t0 = time.perf_counter()
             state, losses, gnorms = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
                                               jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(n))
-            losses, gnorms, dev_step, failed = jax.device_get((losses, gnorms, state.step, state.failed))
+            losses, gnorms, dev_step, failed, diverged = jax.device_get((losses, gnorms, state.step, state.failed,
+                                                                         state.diverged))
             self.stats["train_seconds"] += time.perf_counter() - t0
             _account(self.stats, call)
             for k, a in enumerate(sched.slots):
@@ -585,17 +597,23 @@ class Engine:
                     a.losses += [float(x) for x in losses[:n, k][took] if np.isfinite(x)]
                     a.grad_norms += [float(x) for x in gnorms[:n, k][took] if np.isfinite(x)]
             for k, a, bad in sched.after_call(failed):
-                yield self._finish(a, state, k, int(dev_step[k]), bad)
+                yield self._finish(a, state, k, int(dev_step[k]), bad, bool(diverged[k]))
 
     def _init_state(self) -> SlotState:
         K = self.cfg.slots
         lora = init_lora(self.model.config, self.lora_cfg, jax.random.PRNGKey(0), num_adapters=K)
         return SlotState(lora, jax.vmap(optim.init_state)(lora.weights), jnp.zeros((K,), jnp.int32),
-                         jnp.zeros((K,), bool))
+                         jnp.zeros((K,), bool), jnp.zeros((K,), bool))
 
-    def _finish(self, a: _Active, state: SlotState, k: int, steps: int, failed: bool) -> Finished:
+    def _finish(self, a: _Active, state: SlotState, k: int, steps: int, failed: bool,
+                diverged: bool = False) -> Finished:
         lora = Lora(self.lora_cfg, _take(state.lora.weights, jnp.int32(k)))
-        failure = (f"non-finite loss or gradient at optimiser step {steps} of {len(a.batches)}" if failed else None)
+        failure = None
+        if diverged:
+            failure = (f"diverged at optimiser step {steps} of {len(a.batches)}: the update's norm exceeded "
+                       f"{DIVERGED:g} x (the weights' norm + 1); the adapter holds its weights before that step")
+        elif failed:
+            failure = f"non-finite loss or gradient at optimiser step {steps} of {len(a.batches)}"
         return Finished(a.index, a.job, lora, steps, len(a.batches), a.losses, a.grad_norms, a.real_tokens,
                         failed, failure)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Sequence
 
 import jax
@@ -78,8 +79,16 @@ class TrainSpec:
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
-        if self.batch_size < 1 or self.epochs < 0 or self.learning_rate < 0 or self.warmup_steps < 0:
-            raise ValueError(f"invalid TrainSpec {self}")
+        for name in ("learning_rate", "max_grad_norm", "weight_decay"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"TrainSpec.{name} must be a finite number, got {v!r}")
+        if self.learning_rate < 0 or self.weight_decay < 0:
+            raise ValueError(f"TrainSpec: learning_rate and weight_decay must be >= 0, got {self.learning_rate} and "
+                             f"{self.weight_decay}")
+        if self.batch_size < 1 or self.epochs < 0 or self.warmup_steps < 0 or (self.max_steps or 0) < 0:
+            raise ValueError(f"TrainSpec: batch_size must be >= 1 and epochs, warmup_steps, max_steps >= 0 "
+                             f"(got {self.batch_size}, {self.epochs}, {self.warmup_steps}, {self.max_steps})")
 
 
 @dataclasses.dataclass

@@ -146,3 +146,26 @@ def test_one_program_per_shape_bucket(model):
     list(e2.run(make()))
     assert len(e1.stats["shapes"]) >= 1 and e2.stats["calls"] > len(e2.stats["shapes"])  # calls reuse programs
     assert eng.TRACE_COUNTS["run_call"] - before == len(set(e1.stats["shapes"]) | set(e2.stats["shapes"]))
+
+
+def test_blown_up_adapter_is_failed_not_handed_out_as_usable(model):
+    """lr 1e30 stays finite in fp32 (the model normalises its activations) but the update is absurd: the adapter is
+    failed with the reason, keeps its weights from before that step, and its neighbours are untouched."""
+    rng = np.random.default_rng(5)
+    jobs = [eng.Job(_examples(rng, 3), il.TrainSpec(learning_rate=lr, epochs=2, seed=i), init_seed=i)
+            for i, lr in enumerate([1e-3, 1e30, 3e-3])]
+    out = {d.index: d for d in eng.Engine(model, LORA, eng.EngineConfig(slots=3)).run(jobs)}
+    assert out[1].failed and out[1].steps == 0 and "diverged" in out[1].failure
+    ref = init_lora(model.config, LORA, jax.random.PRNGKey(1))
+    for a, b in zip(jax.tree.leaves(out[1].lora.weights), jax.tree.leaves(ref.weights)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    for i in (0, 2):
+        _assert_equal_alone(model, out[i])
+
+
+@pytest.mark.parametrize("bad", [dict(learning_rate=float("nan")), dict(learning_rate=float("inf")),
+                                 dict(max_grad_norm=float("nan")), dict(weight_decay=-1.0), dict(batch_size=0),
+                                 dict(epochs=-1), dict(max_steps=-2)])
+def test_train_spec_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="TrainSpec"):
+        il.TrainSpec(**bad)
