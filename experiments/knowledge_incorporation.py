@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import sys
@@ -138,6 +139,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--n-sequences", type=int, default=8)
     t.add_argument("--n-datapoints", type=int, default=8)
     args = ap.parse_args(argv)
+    for name, low in (("k", 0), ("eval_times", 1), ("lora_rank", 1), ("epochs", 0), ("batch_size", 1),
+                      ("warmup_steps", 0), ("max_length", 2), ("answer_max_tokens", 1), ("slots", 1),
+                      ("tokens_per_step", 1), ("adapters_per_batch", 1), ("max_self_edit_tokens", 1),
+                      ("n_passages", 1), ("start", 0), ("rounds", 0), ("rank_eval_times", 1), ("eval_k", 1),
+                      ("n_train_passages", 1), ("n_eval_passages", 1), ("sft_rank", 1), ("sft_epochs", 1),
+                      ("sft_batch_size", 1), ("n_sequences", 1), ("n_datapoints", 1)):
+        if getattr(args, name, low) < low:
+            ap.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    for name in ("lr", "lora_alpha", "max_grad_norm", "weight_decay", "temperature", "top_p", "sft_lr", "sft_alpha"):
+        v = getattr(args, name, 0.0)
+        if not math.isfinite(v) or v < 0:
+            ap.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
     if (args.model is None) == (args.preset is None):
         ap.error("give exactly one of --model DIR or --preset NAME")
     if args.preset and not args.tokenizer:
@@ -214,11 +227,26 @@ def passages_for(args, data_path: str | None, self_edits_path: str | None, n: in
     """The original's selection: a seed-42 shuffle of the data file, then [start:start+n]. A self-edit file already
     holds the selected passages in order (with their completions), so it is sliced directly."""
     from seal_jax.knowledge.data import load_passages, select_passages
-    if self_edits_path:
-        return load_passages(self_edits_path)[start:start + n]
-    if not data_path:
+    if not self_edits_path and not data_path:
         raise SystemExit("error: give --data (passages) or --self-edits (passages with completions)")
-    return select_passages(load_passages(data_path), n, start=start)
+    path = self_edits_path or data_path
+    try:
+        everything = load_passages(path)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if start >= len(everything):
+        raise SystemExit(f"error: --start {start} is beyond the {len(everything)} passages of {path}")
+    chosen = everything[start:start + n] if self_edits_path else select_passages(everything, n, start=start)
+    if len(chosen) < n:
+        print(f"note: {path} has {len(chosen)} passages from --start {start}, fewer than the {n} asked",
+              file=sys.stderr)
+    kept = [p for p in chosen if p.questions and p.context.strip()]
+    if len(kept) < len(chosen):
+        print(f"note: {len(chosen) - len(kept)} of {len(chosen)} passages have no questions or no text and are left "
+              f"out", file=sys.stderr)
+    if not kept:
+        raise SystemExit(f"error: no passage of {path} has text and questions to evaluate")
+    return kept
 
 
 def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc="self-edits"):
@@ -274,26 +302,49 @@ def baseline_stage(ctx: Context, passages, path: str, model=None) -> dict[int, d
                           on_done=lambda rows, _: ctx.run.event("baseline", path=path, passages=len(rows)))
 
 
-def jobs_for(passages, k: int, reps: int):
-    from seal_jax.knowledge.data import take_completions
+def jobs_for(passages, k: int, reps: int) -> tuple[list, dict[str, str]]:
+    """Every (passage, self-edit, repetition) evaluation, and the ones that cannot be trained with the reason.
+
+    The original's rule picks a passage's first k non-empty completions; a completion it skips for being empty (up to
+    k of those the passage gives, at least one per passage) stays in the results as a failed sample with reward 0
+    instead of vanishing from the table. k = 0: the passage alone (one job per passage). Completion indices are
+    positions in the passage's own list."""
     from seal_jax.knowledge.ttt import Job
-    jobs = []
+    jobs, unusable = [], {}
     for i, p in enumerate(passages):
-        comps = list(take_completions(p, k)) if k > 0 else [""]
-        for j, c in enumerate(comps):
+        if k == 0:
+            picked = [(0, "", None)]
+        else:
+            picked = [(j, c, None) for j, c in enumerate(p.completions) if c.strip()][:k]
+            want = min(k, max(len(p.completions), 1))
+            empty = [j for j, c in enumerate(p.completions) if not c.strip()]
+            spare = empty + list(range(len(p.completions), len(p.completions) + want))
+            picked += [(j, "", "the self-edit is empty" if j < len(p.completions) else "no self-edit was given")
+                       for j in spare[:want - len(picked)]]
+        for j, c, reason in picked:
             for r in range(reps):
-                jobs.append(Job(i, j, r, c))
-    return jobs
+                job = Job(i, j, r, c)
+                jobs.append(job)
+                if reason:
+                    unusable[job.key] = reason
+    return jobs, unusable
 
 
-def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT") -> list[dict]:
+def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT",
+              unusable: dict[str, str] | None = None) -> list[dict]:
     """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest streamed through the engine
-    and appended as they finish."""
-    from seal_jax.knowledge.ttt import evaluate_stream
+    and appended as they finish; `unusable` jobs (key -> reason) are recorded as failed samples without training."""
+    from seal_jax.knowledge.ttt import evaluate_stream, failed_record
+    unusable = unusable or {}
 
     def work(todo):
-        return evaluate_stream(model or ctx.model, ctx.tokenizer, passages, todo, ctx.ttt, ctx.grade,
-                               seed=ctx.args.seed, mesh=ctx.mesh)
+        bad = [j for j in todo if j.key in unusable]
+        if bad:
+            yield [failed_record(j, passages[j.passage_index], ctx.args.seed, unusable[j.key]) for j in bad]
+        good = [j for j in todo if j.key not in unusable]
+        if good:
+            yield from evaluate_stream(model or ctx.model, ctx.tokenizer, passages, good, ctx.ttt, ctx.grade,
+                                       seed=ctx.args.seed, mesh=ctx.mesh)
 
     def on_done(recs, seconds):
         ctx.run.event("ttt_batch", jobs=len(recs), seconds=seconds, seconds_per_self_edit=seconds / max(len(recs), 1))
@@ -317,12 +368,16 @@ def evaluate(ctx: Context, passages, out_dir: str, k: int, reps: int, model=None
     """Self-edits (from the file or the policy) -> baseline -> batched TTT -> results.json (original's schema)."""
     from seal_jax.knowledge.report import single_passage_results
     os.makedirs(out_dir, exist_ok=True)
-    if k > 0 and not all(p.completions for p in passages):
+    if k > 0 and not any(p.completions for p in passages):  # plain passages: the policy writes the self-edits
         passages = self_edit_stage(ctx, passages, os.path.join(out_dir, "self_edits.json"), k, model,
                                    desc=f"{label}self-edits")
+    jobs, unusable = jobs_for(passages, k, reps)
+    if unusable:  # a user's self-edits are never replaced: an empty or missing one is a failed sample
+        print(f"note: {len(unusable)} of {len(jobs)} self-edit evaluations have no usable self-edit (empty or "
+              f"missing); they count as failed samples with reward 0", file=sys.stderr)
     baseline = baseline_stage(ctx, passages, os.path.join(out_dir, "baseline.jsonl"), model)
-    evals = ttt_stage(ctx, passages, jobs_for(passages, k, reps), os.path.join(out_dir, "evals.jsonl"), model,
-                      desc=f"{label}TTT")
+    evals = ttt_stage(ctx, passages, jobs, os.path.join(out_dir, "evals.jsonl"), model, desc=f"{label}TTT",
+                      unusable=unusable)
     results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages)))
     if is_main():
         write_json(os.path.join(out_dir, "results.json"), results)

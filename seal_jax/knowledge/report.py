@@ -17,11 +17,12 @@ def _std(xs: Sequence[float]) -> float:
     return float(statistics.pstdev(xs)) if len(xs) > 1 else 0.0
 
 
-def ci95(values: Sequence[float]) -> float:
-    """Half-width of a normal-approximation 95% confidence interval of the mean of `values`."""
+def ci95(values: Sequence[float]) -> float | None:
+    """Half-width of a normal-approximation 95% confidence interval of the mean of `values` (None below two values:
+    JSON has no NaN)."""
     n = len(values)
     if n < 2:
-        return float("nan")
+        return None
     return 1.96 * statistics.stdev(values) / math.sqrt(n)
 
 

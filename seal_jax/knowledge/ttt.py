@@ -138,6 +138,12 @@ def _spec(cfg: TTTConfig, seed: int) -> il.TrainSpec:
                         weight_decay=cfg.weight_decay, seed=seed)
 
 
+def failed_record(job: Job, passage: Passage, seed: int, reason: str) -> dict:
+    """A self-edit that cannot be trained (e.g. empty): a failed sample with reward 0 and its reason."""
+    n = len(passage.questions)
+    return _record(job, job.seed(seed), 0, 0, 0, [], True, reason, [""] * n, [False] * n)
+
+
 def _record(job: Job, seed: int, n_sequences: int, train_tokens: int, steps: int, losses: Sequence[float],
             failed: bool, failure: str | None, answers: list[str], correct: list[bool]) -> dict:
     return {"key": job.key, "passage_index": job.passage_index, "completion_index": job.completion_index,
@@ -214,7 +220,7 @@ def _answer_finished(model, tokenizer, passages, finished: list[eng.Finished], c
         job, n_seq = f.job.key
         passage = passages[job.passage_index]
         if f.failed:
-            ans, correct = [], [False] * len(passage.questions)
+            ans, correct = [""] * len(passage.questions), [False] * len(passage.questions)
         else:
             ans = answers[by_id[id(f)]]
             correct = grade_passage(grade, passage, ans)

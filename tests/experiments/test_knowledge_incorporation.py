@@ -102,3 +102,27 @@ def test_rest_em_cpt_and_continual(world, tmp_path):
     res = json.load(open(os.path.join(cont, "results.json")))
     assert len(res["mean_over_sequences"]) == 3 and len(res["mean_over_sequences"][0]) == 2
     assert os.path.getsize(os.path.join(cont, "forgetting.png")) > 1000
+
+
+def test_empty_and_missing_self_edits_are_failed_samples_not_resampled(world, tmp_path):
+    """A self-edit file whose passages have [] and ["", ""] as completions: nothing is sampled from the model, every
+    passage stays in the table, the empty ones are failed samples with reward 0 and a reason."""
+    from experiments import knowledge_incorporation as ki
+    from seal_jax.knowledge.data import load_passages, save_passages
+    import dataclasses
+    ps = load_passages(str(world / "data.json"))
+    edits = [dataclasses.replace(ps[0], completions=()), dataclasses.replace(ps[1], completions=("", " ")),
+             dataclasses.replace(ps[2], completions=("", "the first usable self-edit\nand a second line"))]
+    save_passages(str(tmp_path / "edits.json"), edits)
+    run = str(tmp_path / "run")
+    ki.main(["eval", "--self-edits", str(tmp_path / "edits.json"), "--n-passages", "3", "--k", "2", "--out", run,
+             *common(world)])
+    assert not os.path.exists(os.path.join(run, "self_edits.json"))  # nothing was sampled
+    rows = {r["key"]: r for r in map(json.loads, open(os.path.join(run, "evals.jsonl")))}
+    assert sorted(rows) == ["0/0/0", "1/0/0", "1/1/0", "2/0/0", "2/1/0"]
+    assert rows["0/0/0"]["failed"] and rows["0/0/0"]["failure"] == "no self-edit was given"
+    assert rows["1/1/0"]["failure"] == "the self-edit is empty" and rows["1/1/0"]["accuracy"] == 0.0
+    assert not rows["2/1/0"]["failed"] and rows["2/1/0"]["steps"] > 0 and rows["2/0/0"]["failed"]
+    res = json.load(open(os.path.join(run, "results.json")))
+    assert res["overall"]["n_articles"] == 3 and res["overall"]["failed_self_edits"] == 4
+    assert res["articles"][2]["completions"][1]["text"].startswith("the first usable")
