@@ -70,7 +70,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, progress, read_jsonl, resume_stream, write_json
+from seal_jax.runs import RunDir, cli, progress, read_jsonl, resume_stream, write_json
 
 PROG = "experiments.arc_few_shot"
 PHASES = ("train", "bc", "eval-base", "icl", "oracle", "seal")
@@ -731,6 +731,7 @@ def run_phases(ctx: Context) -> None:
             ttt_phase(ctx, "seal", ctx.eval_tasks, samples, policy if a.seal_ttt_base == "policy" else ctx.model)
 
 
+@cli
 def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = load_context(args)

@@ -57,15 +57,15 @@ def main(argv=None) -> int:
     if not args.progress:
         common.append("--no-progress")
     print("[1/2] passage-only TTT on held-out passages", flush=True)
-    ki.main(["eval", "--data", os.path.join(data, "eval.json"), "--n-passages", str(args.n_eval_passages),
-             "--k", "0", "--out", os.path.join(args.out, "passage_only"), *common])
+    _check(ki.main(["eval", "--data", os.path.join(data, "eval.json"), "--n-passages", str(args.n_eval_passages),
+             "--k", "0", "--out", os.path.join(args.out, "passage_only"), *common]))
     print("[2/2] SEAL: self-edits, batched TTT, quiz, ReST-EM round 1", flush=True)
-    ki.main(["rest-em", "--train-data", os.path.join(data, "train.json"), "--n-train-passages",
+    _check(ki.main(["rest-em", "--train-data", os.path.join(data, "train.json"), "--n-train-passages",
              str(args.n_train_passages), "--eval-data", os.path.join(data, "eval.json"), "--n-eval-passages",
              str(args.n_eval_passages), "--eval-k", "2", "--k", str(args.k), "--rank-eval-times", "1", "--rounds", "1",
              "--sft-lr", args.sft_lr, "--sft-epochs", str(args.sft_epochs), "--sft-batch-size", "8",
              "--sft-rank", "32", "--sft-alpha", "64",
-             "--out", os.path.join(args.out, "restem"), *common])
+             "--out", os.path.join(args.out, "restem"), *common]))
 
     rows = []
     passage = json.load(open(os.path.join(args.out, "passage_only", "results.json")))["overall"]
@@ -86,6 +86,12 @@ def main(argv=None) -> int:
                [{"setting": r[0], "accuracy": r[1], "ci95": r[2], "n": r[3]} for r in rows])
     _plot(rows, os.path.join(args.out, "demo_results.png"))
     return 0
+
+
+def _check(status: int) -> None:
+    """A stage that stopped on an error (already printed on one line) ends the demo with its status."""
+    if status:
+        raise SystemExit(status)
 
 
 def _plot(rows, path: str) -> None:

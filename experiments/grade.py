@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal_jax.runs import read_jsonl_strict
+from seal_jax.runs import cli, read_jsonl_strict
 
 REQUIRED = ("question", "gold", "prediction")
 
@@ -89,6 +89,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@cli
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:

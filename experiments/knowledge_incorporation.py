@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, progress, resume_records, resume_stream, write_json
+from seal_jax.runs import RunDir, cli, progress, resume_records, resume_stream, write_json
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -646,6 +646,7 @@ def _heatmap(matrix, path: str) -> None:
     plt.close(fig)
 
 
+@cli
 def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = load_context(args)

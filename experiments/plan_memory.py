@@ -24,11 +24,13 @@ import argparse
 import json
 import sys
 
+from seal_jax.runs import cli
 from seal_jax import planner
 from seal_jax.lora import LoraConfig
 from seal_jax.models.config import get_preset
 
 
+@cli
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True)

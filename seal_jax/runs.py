@@ -91,6 +91,36 @@ class RunDir:
         append_jsonl(self.file("events.jsonl"), [{"time": time.time(), "event": kind, **data}])
 
 
+def cli(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Wrap an experiment's `main(argv)`: a user-input error (a bad file, flag, config, checkpoint, plan) ends with
+    one line on stderr, `error: ...`, and exit status 2, not a traceback. `--debug` anywhere in argv (or SEAL_DEBUG=1)
+    re-raises for the traceback. The project's error types, file errors and ValueError (how the library reports bad
+    input) are caught; anything else is a bug and keeps its traceback."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = "--debug" in argv or os.environ.get("SEAL_DEBUG") == "1"
+        if "--debug" in argv:
+            argv.remove("--debug")
+        from seal_jax.checkpoints.hf import CheckpointError
+        from seal_jax.models.config import ConfigError
+        try:
+            return main(argv) or 0
+        except (CheckpointError, ConfigError, OSError, ValueError, KeyError) as e:
+            if debug:
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            if isinstance(e, OSError) and e.filename and str(e.filename) not in str(e):
+                msg = f"{e.filename}: {e.strerror or e}"
+            print(f"error: {str(msg).strip().splitlines()[0] if str(msg).strip() else type(e).__name__}",
+                  file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
 def _canonical(value):
     """Existing paths resolved, so that two spellings of one file or directory compare equal."""
     if isinstance(value, str) and value and os.path.exists(value):

@@ -132,9 +132,41 @@ def _weight_files(path: str) -> dict[str, list[str]]:
         return files
     single = os.path.join(path, WEIGHTS_FILE)
     if os.path.isfile(single):
-        with safe_open(single, framework="numpy") as f:
+        with _open_safetensors(single) as f:
             return {WEIGHTS_FILE: list(f.keys())}
     raise CheckpointError(f"no {WEIGHTS_FILE} or {INDEX_FILE} in {path}")
+
+
+class _open_safetensors:
+    """safe_open whose failures (a truncated or corrupt file, a tensor that cannot be read) are one-line
+    CheckpointErrors naming the file."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def __enter__(self):
+        try:
+            self.handle = safe_open(self.file, framework="numpy").__enter__()
+        except Exception as e:  # safetensors raises its own SafetensorError (and OSError for an unreadable file)
+            raise CheckpointError(f"{self.file} is not a readable safetensors file ({_first_line(e)})") from None
+        return self
+
+    def keys(self):
+        return self.handle.keys()
+
+    def get_tensor(self, name: str):
+        try:
+            return self.handle.get_tensor(name)
+        except Exception as e:
+            raise CheckpointError(f"{self.file}: tensor {name} cannot be read, the file is truncated or corrupt "
+                                  f"({_first_line(e)})") from None
+
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: ModelConfig | None = None) -> Model:
@@ -153,7 +185,7 @@ def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: Mo
     host = jax.tree.map(lambda a: np.empty(a.shape, np_dtype), abstract)
     seen: set[str] = set()
     for fname, names in _weight_files(path).items():
-        with safe_open(os.path.join(path, fname), framework="numpy") as f:
+        with _open_safetensors(os.path.join(path, fname)) as f:
             for name in names:
                 if _IGNORED_RE.search(name) or (name == "lm_head.weight" and cfg.tie_word_embeddings):
                     continue
