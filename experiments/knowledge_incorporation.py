@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, cli, progress, resume_records, resume_stream, write_json
+from seal_jax.runs import RunDir, cli, resume_records, resume_stream, write_json
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -252,7 +252,7 @@ def passages_for(args, data_path: str | None, self_edits_path: str | None, n: in
 def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc="self-edits"):
     """Sample k self-edits per passage from the policy (or reuse the file written by an earlier run)."""
     from seal_jax import generation
-    from seal_jax.knowledge.data import load_passages, save_passages
+    from seal_jax.knowledge.data import load_passages
     from seal_jax.knowledge.prompts import format_self_edit_prompt
 
     if os.path.exists(path):
@@ -260,25 +260,27 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
     model = model or ctx.model
     a = ctx.args
     prompts = [format_self_edit_prompt(p, a.prompt_variant) for p in passages]
-    rows, owners = [], []
-    for i, text in enumerate(prompts):
-        ids = ctx.tokenizer.encode(text)
-        for j in range(k):
-            rows.append(ids)
-            owners.append((i, j))
-    completions = [[""] * k for _ in passages]
-    chunk = 64
+    if a.max_self_edit_tokens >= model.config.max_position_embeddings:
+        raise SystemExit(f"error: --max-self-edit-tokens {a.max_self_edit_tokens} does not fit the model's "
+                         f"{model.config.max_position_embeddings} positions (prompt included); lower it")
+    ids = [ctx.tokenizer.encode(text) for text in prompts]
+    owners = [(i, j) for i in range(len(passages)) for j in range(k)]
     stop = [ctx.tokenizer.eos_token_id] if ctx.tokenizer.eos_token_id is not None else []
-    for s in progress(range(0, len(rows), chunk), -(-len(rows) // chunk), desc, a.no_progress):
-        seeds = [_seed(a.seed, "self-edit", *owners[t]) for t in range(s, min(s + chunk, len(rows)))]
-        outs = generation.generate(model, rows[s:s + chunk], max_new_tokens=a.max_self_edit_tokens,
+
+    def work(part):  # one generate call per 64 samples; each sample has its own seed, so batching cannot change it
+        seeds = [_seed(a.seed, "self-edit", i, j) for i, j in part]
+        outs = generation.generate(model, [ids[i] for i, _ in part], max_new_tokens=a.max_self_edit_tokens,
                                    temperature=a.temperature, top_p=a.top_p, seed=seeds, stop_token_ids=stop,
                                    mesh=ctx.mesh)
-        for (i, j), o in zip(owners[s:s + chunk], outs):
-            completions[i][j] = ctx.tokenizer.decode(o).strip()
-    out = [dataclasses.replace(p, completions=tuple(c), prompt=pr) for p, c, pr in zip(passages, completions, prompts)]
+        return [{"key": f"{i}/{j}", "text": ctx.tokenizer.decode(o).strip()} for (i, j), o in zip(part, outs)]
+
+    # every finished chunk is kept (a JSONL beside the file), so a killed stage resumes with the samples it had
+    done = resume_records(path + ".partial.jsonl", owners, key=lambda o: f"{o[0]}/{o[1]}", record_key="key",
+                          work=work, chunk=64, desc=desc, no_progress=a.no_progress, write=is_main())
+    completions = [tuple(done[f"{i}/{j}"]["text"] for j in range(k)) for i in range(len(passages))]
+    out = [dataclasses.replace(p, completions=c, prompt=pr) for p, c, pr in zip(passages, completions, prompts)]
     if is_main():
-        save_passages(path, out)
+        write_json(path, [p.to_dict() for p in out])
     ctx.run.event("self_edits", path=path, passages=len(out), k=k)
     return out
 
