@@ -69,7 +69,17 @@ def main(argv=None) -> int:
         return 2
     lora = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha, targets=tuple(args.targets.split(",")))
     if args.mesh:
-        meshes = [tuple(int(x) for x in args.mesh.split(","))]
+        try:
+            meshes = [tuple(int(x) for x in args.mesh.split(","))]
+        except ValueError:
+            meshes = [()]
+        if len(meshes[0]) != 2 or min(meshes[0]) < 1:
+            print(f"error: --mesh must be ADAPTER,MODEL (two positive integers), got {args.mesh!r}", file=sys.stderr)
+            return 2
+        if meshes[0][0] * meshes[0][1] != args.devices and "--devices" in (sys.argv if argv is None else argv):
+            print(f"error: --mesh {args.mesh} uses {meshes[0][0] * meshes[0][1]} devices but --devices is "
+                  f"{args.devices}", file=sys.stderr)
+            return 2
     else:
         meshes = [(args.devices // m, m) for m in range(1, args.devices + 1) if args.devices % m == 0]
     for mesh in meshes:
