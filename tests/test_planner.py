@@ -69,3 +69,24 @@ def test_engine_remat_where_it_pays():
     assert planner.engine_remat(qwen7, 4096, budget_bytes=planner.device_memory("H100"))
     tiny = seal_jax.get_preset("tiny-qwen2").replace(vocab_size=152064)
     assert not planner.engine_remat(tiny, 4096, budget_bytes=16 * planner.GiB)
+
+
+def test_fit_engine_memory_recovers_known_weights():
+    """benchmarks/fit_engine_memory.py: rows made from known weights are fitted back exactly (zero worst error)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "fit_engine_memory.py"
+    spec = importlib.util.spec_from_file_location("fit_engine_memory", path)
+    fem = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fem)
+    rng = np.random.default_rng(0)
+    truth = {"state": 2.5, "layer": 4.0, "logits": 1.5, "tiles": 0.25, "scores": 1.0}
+    rows = []
+    for i in range(12):
+        terms = {k: int(rng.integers(1, 10**8)) for k in truth}
+        fixed = int(rng.integers(10**8, 10**9))
+        rows.append({"real": i < 2, "fixed": fixed, "terms": terms,
+                     "xla": fixed + sum(truth[k] * terms[k] for k in truth)})
+    fitted = fem.fit(rows)
+    assert fitted == pytest.approx(truth, abs=2e-3)
+    assert max(abs(fem.error(r, fitted)) for r in rows) < 1e-3
