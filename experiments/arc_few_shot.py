@@ -70,7 +70,8 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, cli, progress, read_jsonl, resume_stream, write_json
+from seal_jax.runs import (ArgumentParser, RunDir, check_flags, cli, progress, read_jsonl, resume_stream,
+                           write_json)
 
 PROG = "experiments.arc_few_shot"
 PHASES = ("train", "bc", "eval-base", "icl", "oracle", "seal")
@@ -103,7 +104,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
+    ap = ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("model")
     g.add_argument("--model", default=None, help="HF checkpoint dir (config.json + safetensors) of the policy/base")
@@ -197,9 +198,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"unknown phase(s) {bad or '[]'}; choose from {', '.join(PHASES)}")
     if args.solutions and len(args.solutions) != len(args.challenges):
         ap.error("give one --solutions file per --challenges file (or none)")
-    for name in ("k_train", "k_eval", "self_edit_attempts"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    check_flags(ap, args, minimum=dict(
+        k_train=1, k_eval=1, self_edit_attempts=1, max_self_edit_tokens=1, lora_rank=1, ttt_permute_n=0,
+        max_sequences=1, max_tokens=2, ttt_batch_size=1, max_steps=0, warmup_steps=0, adapters_per_batch=0,
+        tokens_per_step=1, query_permutations=1, answer_max_tokens=0, max_rows=1, bc_rank=1, bc_epochs=1,
+        bc_batch_size=1, bc_max_length=2, bc_checkpoint_every=1),
+        nonnegative=("temperature", "top_p", "lora_alpha", "max_grad_norm", "bc_alpha", "bc_lr"),
+        int_lists=("leave_n", "length_buckets"))
+    if args.stop_after_units is not None and args.stop_after_units < 1:
+        ap.error(f"--stop-after-units must be at least 1, got {args.stop_after_units}")
+    from seal_jax.lora import ALL_TARGETS
+    known = set(ALL_TARGETS)
+    for flag, names in (("--lora-targets", args.lora_targets), ("--bc-targets", args.bc_targets)):
+        bad = [t for t in _names(names) if t not in known]
+        if bad or not _names(names):
+            ap.error(f"{flag}: unknown LoRA target(s) {bad or '[]'}; choose from {','.join(sorted(known))}")
     return args
 
 
@@ -263,8 +276,8 @@ def oracle_configs(args) -> list:
     from seal_jax.arc import SelfEditError, parse_self_edit
     objs = DEFAULT_ORACLE_CONFIGS
     if args.oracle_configs:
-        with open(args.oracle_configs) as f:
-            objs = json.load(f)
+        from seal_jax.arc.data import _read_json
+        objs = _read_json(args.oracle_configs)
         if not isinstance(objs, list) or not objs:
             raise SystemExit(f"error: {args.oracle_configs} must hold a non-empty JSON list of configurations")
     try:
@@ -315,6 +328,14 @@ def load_context(args) -> Context:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     oracle = oracle_configs(args)
+    phases = _names(args.phases)
+    if args.self_edits:  # read now, so a bad file stops the run before any work
+        if "train" in phases:
+            _injected(args.self_edits, train_tasks, args.k_train)
+        if "eval-base" in phases:
+            _injected(args.self_edits, eval_tasks, args.k_eval)
+    if args.seal_self_edits and "seal" in phases:
+        _injected(args.seal_self_edits, eval_tasks, args.k_eval)
     run.event("start", phases=list(_names(args.phases)), devices=jax.device_count(),
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(args, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,
@@ -344,8 +365,8 @@ def _sample_record(j: int, text: str, attempts: int, source: str) -> dict:
 
 
 def _injected(path: str, tasks, k: int) -> dict[str, list[dict]]:
-    with open(path) as f:
-        data = json.load(f)
+    from seal_jax.arc.data import _read_json
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise SystemExit(f"error: {path} must map task ids to lists of self-edit replies")
     out = {}

@@ -25,6 +25,7 @@ from seal_jax.buckets import bucket
 from seal_jax.models.config import get_preset
 from seal_jax.models.model import init_model
 from seal_jax.models.transformer import init_cache
+from seal_jax.runs import ArgumentParser
 
 # Peak memory bandwidth in bytes/s by device kind (public spec sheets).
 PEAK_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "TPU v4": 1.2e12, "TPU v5 lite": 8.2e11,
@@ -96,7 +97,7 @@ def _window(P: int, N: int, t: int) -> int:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small-qwen2")
     ap.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     ap.add_argument("--prompt-len", type=int, default=128)

@@ -41,6 +41,7 @@ from seal_jax import engine as eng
 from seal_jax.lora import Lora, LoraConfig, init_lora, num_lora_params, stack_adapters
 from seal_jax.models.config import ModelConfig, get_preset
 from seal_jax.models.model import init_model
+from seal_jax.runs import ArgumentParser
 
 # Dense bf16 peak FLOP/s by device kind (public spec sheets). Matched in order, case-insensitively, on device_kind.
 PEAK_FLOPS = [("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
@@ -401,7 +402,7 @@ def _fmt(x, unit="s"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=None,
                     help="model shape (default small-qwen2; with --workload tiny-qwen2 / tiny-llama, the real "
                          "model's family, with the real model's vocabulary and positions)")

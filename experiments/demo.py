@@ -18,13 +18,14 @@ import json
 import os
 import sys
 import time
+from seal_jax.runs import ArgumentParser
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
                       "demo_model")
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="run directory (re-running resumes)")
     ap.add_argument("--model", default=ASSETS, help="an HF-layout checkpoint + tokenizer (default: the shipped one)")
     ap.add_argument("--n-eval-passages", type=int, default=64)

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from seal_jax.runs import cli, read_jsonl_strict
+from seal_jax.runs import ArgumentParser, cli, read_jsonl_strict
 
 REQUIRED = ("question", "gold", "prediction")
 
@@ -67,7 +67,7 @@ def build_grader(args: argparse.Namespace):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m experiments.grade", description=__doc__,
+    ap = ArgumentParser(prog="python -m experiments.grade", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", required=True, help="JSONL rows with question, gold, prediction")
     ap.add_argument("--output", required=True, help="JSONL written with each row plus a boolean 'correct'")

@@ -17,10 +17,11 @@ import json
 import os
 import sys
 import time
+from seal_jax.runs import ArgumentParser
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-qwen2")
     ap.add_argument("--model", default=None, help="a HF checkpoint dir instead of a random-init preset")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])

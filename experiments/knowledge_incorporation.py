@@ -26,14 +26,13 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import sys
 import time
 from typing import Any
 
-from seal_jax.runs import RunDir, cli, resume_records, resume_stream, write_json
+from seal_jax.runs import ArgumentParser, RunDir, check_flags, cli, resume_records, resume_stream, write_json
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -91,7 +90,7 @@ def add_common(ap: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
+    ap = ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -139,18 +138,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--n-sequences", type=int, default=8)
     t.add_argument("--n-datapoints", type=int, default=8)
     args = ap.parse_args(argv)
-    for name, low in (("k", 0), ("eval_times", 1), ("lora_rank", 1), ("epochs", 0), ("batch_size", 1),
-                      ("warmup_steps", 0), ("max_length", 2), ("answer_max_tokens", 1), ("slots", 1),
-                      ("tokens_per_step", 1), ("adapters_per_batch", 1), ("max_self_edit_tokens", 1),
-                      ("n_passages", 1), ("start", 0), ("rounds", 0), ("rank_eval_times", 1), ("eval_k", 1),
-                      ("n_train_passages", 1), ("n_eval_passages", 1), ("sft_rank", 1), ("sft_epochs", 1),
-                      ("sft_batch_size", 1), ("n_sequences", 1), ("n_datapoints", 1)):
-        if getattr(args, name, low) < low:
-            ap.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
-    for name in ("lr", "lora_alpha", "max_grad_norm", "weight_decay", "temperature", "top_p", "sft_lr", "sft_alpha"):
-        v = getattr(args, name, 0.0)
-        if not math.isfinite(v) or v < 0:
-            ap.error(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    check_flags(ap, args, minimum=dict(
+        k=0, eval_times=1, lora_rank=1, epochs=0, batch_size=1, warmup_steps=0, max_length=2, answer_max_tokens=1,
+        slots=1, tokens_per_step=1, adapters_per_batch=1, max_self_edit_tokens=1, n_passages=1, start=0, rounds=0,
+        rank_eval_times=1, eval_k=1, n_train_passages=1, n_eval_passages=1, sft_rank=1, sft_epochs=1,
+        sft_batch_size=1, n_sequences=1, n_datapoints=1),
+        nonnegative=("lr", "lora_alpha", "max_grad_norm", "weight_decay", "temperature", "top_p", "sft_lr",
+                     "sft_alpha"))
+    from seal_jax.lora import ALL_TARGETS
+    for flag, names in (("--lora-targets", args.lora_targets), ("--sft-targets", getattr(args, "sft_targets", "q"))):
+        bad = [t for t in names.split(",") if t not in ALL_TARGETS]
+        if bad:
+            ap.error(f"{flag}: unknown LoRA target(s) {bad}; choose from {','.join(ALL_TARGETS)}")
+    if args.mesh is not None:
+        parts = args.mesh.split(",")
+        if len(parts) != 2 or not all(x.strip().isdigit() and int(x) > 0 for x in parts):
+            ap.error(f"--mesh must be ADAPTER,MODEL (two positive integers), got {args.mesh!r}")
     if (args.model is None) == (args.preset is None):
         ap.error("give exactly one of --model DIR or --preset NAME")
     if args.preset and not args.tokenizer:
@@ -203,6 +206,7 @@ def load_context(args) -> Context:
                              args.judge_model else tokenizer)
     elif args.grader == "openai":
         grader = make_grader("openai", base_url=args.openai_base_url, model=args.openai_model)
+        grader.check()  # an unreachable endpoint stops the run here, not after grading everything False
     else:
         grader = make_grader("offline")
     ttt = TTTConfig(lora=LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha,
@@ -281,6 +285,8 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
     out = [dataclasses.replace(p, completions=c, prompt=pr) for p, c, pr in zip(passages, completions, prompts)]
     if is_main():
         write_json(path, [p.to_dict() for p in out])
+        if os.path.exists(path + ".partial.jsonl"):
+            os.remove(path + ".partial.jsonl")  # its samples are all in the file now
     ctx.run.event("self_edits", path=path, passages=len(out), k=k)
     return out
 

@@ -50,6 +50,7 @@ import seal_jax
 from seal_jax import inner_loop as il
 from seal_jax.lora import Lora, LoraConfig, init_lora
 from seal_jax.models.model import Model
+from seal_jax.runs import ArgumentParser
 
 MODES = ("same", "original")
 
@@ -383,7 +384,7 @@ def _summary(r: dict) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny-qwen2")
     ap.add_argument("--jobs", type=int, default=4, help="self-edit evaluations (one adapter after another)")
     ap.add_argument("--mode", default="same", choices=MODES)

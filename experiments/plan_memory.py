@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 
-from seal_jax.runs import cli
+from seal_jax.runs import ArgumentParser, cli
 from seal_jax import planner
 from seal_jax.lora import LoraConfig
 from seal_jax.models.config import get_preset
@@ -32,7 +32,7 @@ from seal_jax.models.config import get_preset
 
 @cli
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", required=True)
     ap.add_argument("--device", required=True, help=f"one of {', '.join(planner.DEVICE_MEMORY)}")
     ap.add_argument("--devices", type=int, default=1, help="number of chips")

@@ -30,6 +30,7 @@ import sys
 import time
 
 import numpy as np
+from seal_jax.runs import ArgumentParser
 
 PROG = "experiments.pretrain_demo_model"
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
@@ -37,7 +38,7 @@ DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
+    ap = ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="world, tokenizer, init and data-order seed")
     ap.add_argument("--out", default=DEFAULT_OUT)

@@ -33,6 +33,7 @@ from typing import Sequence
 
 from seal_jax.knowledge.data import Passage, Question, save_passages
 from seal_jax.knowledge.prompts import format_answer_prompt, format_self_edit_prompt
+from seal_jax.runs import ArgumentParser
 
 __all__ = ["Entity", "World", "build_world", "passage_text", "passage_with_notes", "passages_with_notes",
            "restatement", "implications", "is_filler", "filler_line",
@@ -441,7 +442,7 @@ def write_seal_files(world: World, out: str) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--show", type=int, default=0, help="print this many example documents of each kind")

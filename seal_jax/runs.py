@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import argparse
 import os
 import sys
 import time
@@ -54,7 +55,11 @@ class RunDir:
             except (OSError, json.JSONDecodeError) as e:
                 raise RunDirError(f"{cfg_path} is unreadable ({e}); use another --out") from None
             for k, v in config.items():
-                if k not in self.resume_free and k in old and _canonical(old[k]) != v:
+                if k in self.resume_free:
+                    continue
+                if k not in old:
+                    raise RunDirError(f"{path} holds a run made without {k} (asked {v!r}); use another --out")
+                if _canonical(old[k]) != v:
                     raise RunDirError(f"{path} holds a run with {k}={old[k]!r} (asked {v!r}); use another --out")
         write_json(cfg_path, config)
 
@@ -91,6 +96,35 @@ class RunDir:
         append_jsonl(self.file("events.jsonl"), [{"time": time.time(), "event": kind, **data}])
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: a bad or missing flag prints `error: ... (see --help)` and exits
+    with status 2, without the usage block (subcommand parsers inherit it)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog.removeprefix('python -m ')}: {message} (see --help)\n")
+
+
+def check_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, minimum: dict[str, int] = (),
+                nonnegative: tuple[str, ...] = (), int_lists: tuple[str, ...] = ()) -> None:
+    """Range checks before any work: each `minimum` flag (dest name) at least its bound, each `nonnegative` one a
+    finite number >= 0, each `int_lists` one a comma-separated list of positive integers. Flags a subcommand lacks are
+    skipped. A violation is `ap.error` (one line, status 2) naming the flag."""
+    import math
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    for name, low in dict(minimum).items():
+        if hasattr(args, name) and getattr(args, name) < low:
+            ap.error(f"{flag(name)} must be at least {low}, got {getattr(args, name)}")
+    for name in nonnegative:
+        v = getattr(args, name, 0.0)
+        if not math.isfinite(v) or v < 0:
+            ap.error(f"{flag(name)} must be a finite number >= 0, got {v}")
+    for name in int_lists:
+        text = getattr(args, name, "") or ""
+        parts = [x.strip() for x in text.split(",") if x.strip()]
+        if not all(x.isdigit() and int(x) > 0 for x in parts):
+            ap.error(f"{flag(name)} must be comma-separated positive integers, got {text!r}")
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an experiment's `main(argv)`: a user-input error (a bad file, flag, config, checkpoint, plan) ends with
     one line on stderr, `error: ...`, and exit status 2, not a traceback. `--debug` anywhere in argv (or SEAL_DEBUG=1)
@@ -108,6 +142,12 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         from seal_jax.models.config import ConfigError
         try:
             return main(argv) or 0
+        except SystemExit as e:  # raise SystemExit("error: ...") (RunDirError and the experiments' own checks)
+            if debug or not isinstance(e.code, str):
+                raise
+            line = e.code.strip().splitlines()[0] if e.code.strip() else "stopped"
+            print(line if line.startswith("error:") else f"error: {line}", file=sys.stderr)
+            return 2
         except (CheckpointError, ConfigError, OSError, ValueError, KeyError) as e:
             if debug:
                 raise

@@ -49,7 +49,6 @@ gradient-boosted ensemble (``fit_trees``, numpy only) on the logistic loss.
 from __future__ import annotations
 
 import abc
-import argparse
 import hashlib
 import json
 import math
@@ -66,7 +65,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from seal_jax.runs import read_jsonl_strict
+from seal_jax.runs import ArgumentParser, read_jsonl_strict
 
 __all__ = [
     "DEFAULT_PARAMS_PATH",
@@ -865,6 +864,22 @@ class OpenAIGrader(Grader):
         self.failed_requests += 1
         return None
 
+    def check(self) -> None:
+        """Before any work: one request to the endpoint (one try); a one-line ``ValueError`` naming the URL when no
+        reply comes (unreachable, refused, no key for the OpenAI URL), so that a run is not graded all-False."""
+        if not self.api_key and "api.openai.com" in self.base_url:
+            raise ValueError(f"the openai grader needs $OPENAI_API_KEY for {self.base_url} (or --openai-base-url for "
+                             f"a local OpenAI-compatible endpoint)")
+        tries, self.max_tries = self.max_tries, 1
+        try:
+            reply = self.ask("Reply with the word Yes.")
+        finally:
+            self.max_tries = tries
+        if reply is None:
+            self.failed_requests -= 1
+            raise ValueError(f"the grader endpoint {self.base_url}/chat/completions (model {self.model}) gave no "
+                             f"reply")
+
     def replies(self, questions: Sequence[str], golds: Sequence[str],
                 predictions: Sequence[str]) -> list[str | None]:
         """The endpoint's raw reply per row (None for empty predictions and failed requests)."""
@@ -967,7 +982,7 @@ def fit_offline_grader(verdicts_path: str | os.PathLike, out_path: str | os.Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m seal_jax.knowledge.grader",
+    ap = ArgumentParser(prog="python -m seal_jax.knowledge.grader",
                                  description="Fit the offline grader's parameters on a GPT-4.1 verdicts JSONL file "
                                              "(train part of the by-question split only).")
     ap.add_argument("--fit", required=True, metavar="VERDICTS.jsonl",

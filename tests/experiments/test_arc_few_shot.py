@@ -43,7 +43,7 @@ def _events(out):
     return read_jsonl(os.path.join(out, "events.jsonl"))
 
 
-def test_end_to_end_with_resume(tmp_path):
+def test_end_to_end_with_resume(tmp_path, capsys):
     tok_dir = tmp_path / "tok"
     tiny_arc_tokenizer(tok_dir)
     edits, oracle = tmp_path / "edits.json", tmp_path / "oracle.json"
@@ -116,5 +116,7 @@ def test_end_to_end_with_resume(tmp_path):
     assert new == ["start", "done"]
 
     # A run directory refuses a different configuration.
-    with pytest.raises(SystemExit, match="holds a run"):
-        arc_few_shot.main([a if a != "3" else "4" for a in argv])
+    capsys.readouterr()
+    assert arc_few_shot.main([a if a != "3" else "4" for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "holds a run" in err and err.count("\n") == 1
