@@ -201,7 +201,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_flags(ap, args, minimum=dict(
         k_train=1, k_eval=1, self_edit_attempts=1, max_self_edit_tokens=1, lora_rank=1, ttt_permute_n=0,
         max_sequences=1, max_tokens=2, ttt_batch_size=1, max_steps=0, warmup_steps=0, adapters_per_batch=0,
-        tokens_per_step=1, query_permutations=1, answer_max_tokens=0, max_rows=1, bc_rank=1, bc_epochs=1,
+        tokens_per_step=1, query_permutations=0, answer_max_tokens=0, max_rows=1, bc_rank=1, bc_epochs=1,
         bc_batch_size=1, bc_max_length=2, bc_checkpoint_every=1),
         nonnegative=("temperature", "top_p", "lora_alpha", "max_grad_norm", "bc_alpha", "bc_lr"),
         int_lists=("leave_n", "length_buckets"))

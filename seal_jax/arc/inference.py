@@ -34,13 +34,12 @@ import dataclasses
 import itertools
 from typing import Any, Sequence
 
-import jax
 
 from seal_jax import generation
 from seal_jax.arc.augment import AugmentError, Augmenter, Flip, Rotate, Transpose, get_augmenter, make_rng
 from seal_jax.arc.data import ArcExample, ArcTask
 from seal_jax.arc.grids import Grid, OUTPUT_FOOTER, parse_grid_original, parse_model_grid, to_text, ttt_messages
-from seal_jax.buckets import batch_bucket
+from seal_jax.buckets import bucket
 from seal_jax.lora import Lora
 
 __all__ = ["INFERENCE_AUGMENTERS", "PARSERS", "VOTE_CATEGORIES", "InferenceOptions", "Prediction", "Query",
@@ -63,7 +62,7 @@ class InferenceOptions:
     answer_max_tokens: int | None = None  # new-token budget; None = `auto_answer_budget` (the original: unbounded)
     parser: str = "model"  # "model" (strict grids) or "original" (reshapes ragged answers whose size divides)
     prompt_buckets: tuple[int, ...] | None = None  # prompt length buckets for generation (None: powers of two)
-    max_rows: int = 64  # generation rows per call (adapters x bucketed queries); bounds the KV cache
+    max_rows: int = 64  # generation rows (queries) per call; bounds the KV cache
 
     def __post_init__(self):
         object.__setattr__(self, "augmenters", tuple(self.augmenters))
@@ -210,8 +209,12 @@ def decode_prediction(text: str, query: Query, parser: str = "model") -> Predict
     return Prediction(text, grid, query.category)
 
 
-def _slice(lora: Lora, start: int, stop: int) -> Lora:
-    return Lora(lora.config, jax.tree.map(lambda w: w[start:stop], lora.weights))
+def _answer_calls(rows: list[tuple[list[int], int, int]], max_rows: int, prompt_buckets) -> list[list[int]]:
+    """Indices of `rows` (prompt, adapter, budget) per generation call: rows ordered by (prompt-length bucket,
+    answer budget), then cut every `max_rows` rows, so a call's prompts share a length bucket and its decode loop
+    runs to budgets alike, whichever tasks or adapters they come from."""
+    order = sorted(range(len(rows)), key=lambda i: (bucket(len(rows[i][0]), prompt_buckets), rows[i][2], i))
+    return [order[s:s + max_rows] for s in range(0, len(order), max_rows)]
 
 
 def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: InferenceOptions = InferenceOptions(),
@@ -219,45 +222,32 @@ def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: Infere
     """Greedy answers to every group's queries: group g with adapter g of `lora` (a batch of len(groups)), or all
     groups with the base model when `lora` is None. A None group is skipped (its result is None).
 
-    With adapters, consecutive adapters are answered together in `generation.generate_grouped` calls of at most
-    `opts.max_rows` rows (adapters x bucketed queries; one adapter per call when its queries alone exceed that);
-    with the base model, all queries of all groups are answered in `generation.generate` calls of at most
-    `opts.max_rows` rows. Returns, per group, per test input, the
-    predictions in query order."""
+    Every query of every group is one row with its own adapter and its own task's answer budget; rows are ordered by
+    prompt-length bucket and budget and answered `opts.max_rows` at a time (`generation.generate`, each row tagged
+    with its adapter in the whole bank, so the bank's shape never changes between calls). A row's answer does not
+    depend on which rows share its call. Returns, per group, per test input, the predictions in query order."""
     stop = tokenizer.stop_token_ids
+    if lora is not None and lora.num_adapters != len(groups):
+        raise ValueError(f"{len(groups)} query groups for a batch of {lora.num_adapters} adapters")
+    rows: list[tuple[list[int], int, int]] = []  # (prompt, adapter (-1: base), budget)
+    owners: list[tuple[int, int]] = []  # (group, query index within the group)
     outs: list[list[list[int]] | None] = [None] * len(groups)
-    if lora is None:
-        rows, owners, budgets = [], [], []
-        for g, tq in enumerate(groups):
-            if tq is not None:
-                outs[g] = []
-                for p in tq.flat_prompts():
-                    rows.append(p)
-                    owners.append(g)
-                    budgets.append(tq.answer_budget)
-        for s in range(0, len(rows), opts.max_rows):
-            got = generation.generate(model, rows[s:s + opts.max_rows], max_new_tokens=budgets[s:s + opts.max_rows],
-                                      stop_token_ids=stop, prompt_buckets=opts.prompt_buckets)
-            for g, o in zip(owners[s:s + opts.max_rows], got):
-                outs[g].append(o)
-    else:
-        K = lora.num_adapters
-        if K != len(groups):
-            raise ValueError(f"{len(groups)} query groups for a batch of {K} adapters")
-        q = batch_bucket(max((len(tq.flat_prompts()) for tq in groups if tq is not None), default=1))
-        per_call = max(1, opts.max_rows // q)
-        for s in range(0, K, per_call):
-            chunk = groups[s:s + per_call]
-            if all(tq is None for tq in chunk):
-                continue
-            prompt_groups = [tq.flat_prompts() if tq is not None else [] for tq in chunk]
-            budget = max(tq.answer_budget for tq in chunk if tq is not None)
-            sub = lora if (s == 0 and len(chunk) == K) else _slice(lora, s, s + len(chunk))
-            got = generation.generate_grouped(model, sub, prompt_groups, max_new_tokens=budget, stop_token_ids=stop,
-                                              prompt_buckets=opts.prompt_buckets)
-            for j, tq in enumerate(chunk):
-                if tq is not None:
-                    outs[s + j] = got[j]
+    for g, tq in enumerate(groups):
+        if tq is None:
+            continue
+        prompts = tq.flat_prompts()
+        outs[g] = [[] for _ in prompts]
+        for j, p in enumerate(prompts):
+            rows.append((p, -1 if lora is None else g, tq.answer_budget))
+            owners.append((g, j))
+    for call in _answer_calls(rows, opts.max_rows, opts.prompt_buckets):
+        got = generation.generate(
+            model, [rows[i][0] for i in call], max_new_tokens=[rows[i][2] for i in call], stop_token_ids=stop,
+            lora=lora, adapter_ids=None if lora is None else [rows[i][1] for i in call],
+            prompt_buckets=opts.prompt_buckets)
+        for i, o in zip(call, got):
+            g, j = owners[i]
+            outs[g][j] = o
     result: list[list[list[Prediction]] | None] = []
     for tq, o in zip(groups, outs):
         if tq is None:

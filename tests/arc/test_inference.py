@@ -220,3 +220,39 @@ def test_chunked_adapter_calls_match_one_call(tmp_path):
     assert texts(one[0]) != texts(one[2])  # each group used its own adapter
     base = predict(model, tok, [q], opts, lora=None)
     assert len(base[0][0]) == 4 and all(isinstance(p, Prediction) for p in base[0][0])
+
+
+def test_answer_calls_group_rows_by_prompt_bucket_then_budget():
+    from seal_jax.arc.inference import _answer_calls
+
+    rows = [([1] * 300, 0, 50), ([1] * 40, 1, 90), ([1] * 600, 2, 10), ([1] * 50, 0, 20), ([1] * 290, 1, 50)]
+    calls = _answer_calls(rows, max_rows=2, prompt_buckets=(64, 512, 1024))
+    assert calls == [[3, 1], [0, 4], [2]]  # 64-bucket rows (budget 20 before 90), the 512 pair, then the 1024 row
+    assert sorted(i for c in calls for i in c) == list(range(len(rows)))  # every row once
+
+
+def test_rows_of_different_tasks_answer_as_each_adapter_alone(tmp_path):
+    """Queries of two tasks (different prompt lengths and answer budgets) with three adapters in one `predict` call,
+    cut into calls of a few rows: every group's answers equal its adapter answering its task alone, so a row's budget
+    is its own task's, not that of a task sharing its call."""
+    import jax
+
+    import seal_jax
+    from seal_jax.lora import Lora, init_lora
+    from tests.arc.test_ttt import TINY_LORA, tiny_arc_tokenizer
+
+    tok = tiny_arc_tokenizer(tmp_path / "tok")
+    model = seal_jax.init_model(seal_jax.get_preset("tiny-llama"), seed=0, dtype="float32")
+    lora = init_lora(model.config, TINY_LORA, jax.random.PRNGKey(1), num_adapters=3)
+    lora = Lora(lora.config, jax.tree.map(lambda w: w + 0.05 * jax.random.normal(jax.random.PRNGKey(3), w.shape),
+                                          lora.weights))
+    opts = InferenceOptions(permute_n=0, augmenters=("transpose", "flip_0"), max_tokens=512, prompt_buckets=(512,),
+                            max_rows=3)
+    a, b = (build_task_queries(tok, arc.get_task(t), opts) for t in ("6150a2bd", "66e6c45b"))
+    assert a.answer_budget != b.answer_budget
+    together = predict(model, tok, [a, b, a], opts, lora=lora)
+    texts = lambda r: [[p.text for p in inst] for inst in r]  # noqa: E731
+    for k, q in enumerate([a, b, a]):
+        alone = predict(model, tok, [q], opts, lora=Lora(lora.config, jax.tree.map(lambda w: w[k:k + 1],
+                                                                                   lora.weights)))
+        assert texts(together[k]) == texts(alone[0]), k
