@@ -32,7 +32,8 @@ import sys
 import time
 from typing import Any
 
-from seal_jax.runs import ArgumentParser, RunDir, check_flags, cli, resume_records, resume_stream, write_json
+from seal_jax.runs import (ArgumentParser, RunDir, check_flags, cli, resume_records, resume_stream, write_json,
+                           write_text)
 
 PROG = "experiments.knowledge_incorporation"
 
@@ -103,8 +104,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     r = sub.add_parser("rest-em", help="ReST-EM: rank self-edits on training passages, SFT the best, merge, repeat")
     add_common(r)
-    r.add_argument("--train-data", required=True, help="training passages (SEAL format; completions used for "
-                                                       "round 0 when present unless --regenerate)")
+    r.add_argument("--train-data", required=True,
+                   help="training passages (SEAL format; completions used for round 0 when present unless "
+                        "--regenerate); one file for every round, or one per round, comma-separated, as the original "
+                        "ranked new passages each round (iter0_train.json,iter1_train.json)")
     r.add_argument("--n-train-passages", type=int, default=50)
     r.add_argument("--regenerate", action="store_true", help="sample round-0 self-edits even if the file has some")
     r.add_argument("--eval-data", default=None, help="passages to evaluate every policy on (SEAL format)")
@@ -448,14 +451,31 @@ def load_policy(path: str, like):
     return seal_jax.Model(like.config, ck.restore(like.params))
 
 
+def round_passages(train_data: str, rounds: int, n: int, regenerate: bool = False) -> list[list]:
+    """The training passages of each ReST-EM round (`--train-data`): one file for every round (ours), or one file per
+    round, comma-separated (the original ranked new passages each round). Round 0 keeps a file's completions (unless
+    `regenerate`); later rounds sample their self-edits from the current policy. Every file is read and checked
+    before any work."""
+    from seal_jax.knowledge.data import load_passages
+    files = [f for f in train_data.split(",") if f]
+    if len(files) > 1 and len(files) != rounds:
+        raise SystemExit(f"error: --train-data names {len(files)} files but --rounds is {rounds}: give one file for "
+                         f"every round, or one per round")
+    loaded = [load_passages(f)[:n] for f in files]
+    for f, ps in zip(files, loaded):
+        if not ps:
+            raise SystemExit(f"error: {f} holds no passages")
+    per_round = [loaded[r] if len(loaded) > 1 else loaded[0] for r in range(max(rounds, 1))]
+    return [ps if r == 0 and not regenerate else [dataclasses.replace(p, completions=()) for p in ps]
+            for r, ps in enumerate(per_round)]
+
+
 def cmd_rest_em(ctx: Context) -> None:
     from seal_jax.knowledge.data import load_passages
     from seal_jax.lora import LoraConfig
     from seal_jax import sft as sft_lib
     a = ctx.args
-    train = load_passages(a.train_data)[:a.n_train_passages]
-    if a.regenerate:
-        train = [dataclasses.replace(p, completions=()) for p in train]
+    per_round = round_passages(a.train_data, a.rounds, a.n_train_passages, a.regenerate)
     eval_passages = passages_for(a, a.eval_data, None, a.n_eval_passages) if a.eval_data else []
     policies = [ctx.model]
     rows = []
@@ -474,15 +494,15 @@ def cmd_rest_em(ctx: Context) -> None:
         rdir = ctx.run.dir(f"round_{r}")
         nxt = load_policy(os.path.join(rdir, "policy"), ctx.model)
         if nxt is None:
-            round_train = train if r == 0 else [dataclasses.replace(p, completions=()) for p in train]
+            round_train = per_round[r]
             res = evaluate(ctx, round_train, rdir, a.k, a.rank_eval_times, policy, label=f"round {r} E-step ")
             passages_used = (round_train if all(p.completions for p in round_train)
                              else load_passages(os.path.join(rdir, "self_edits.json")))
             sft_rows, selection = select_best(passages_used, res, a.require_improvement)
             if is_main():
                 write_json(os.path.join(rdir, "selection.json"), selection)
-                with open(os.path.join(rdir, "sft.jsonl"), "w") as f:  # the SFT set, in the original's format
-                    f.writelines(json.dumps(x) + "\n" for x in sft_rows)
+                # the SFT set, in the original's format (written whole and atomically: read back only as a record)
+                write_text(os.path.join(rdir, "sft.jsonl"), "".join(json.dumps(x) + "\n" for x in sft_rows))
             ctx.run.event("selection", round=r, kept=len(sft_rows), ties=sum(s["tie"] for s in selection),
                           not_improved=sum(not s["improved"] for s in selection))
             if not sft_rows:

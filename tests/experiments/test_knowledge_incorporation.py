@@ -126,3 +126,25 @@ def test_empty_and_missing_self_edits_are_failed_samples_not_resampled(world, tm
     res = json.load(open(os.path.join(run, "results.json")))
     assert res["overall"]["n_articles"] == 3 and res["overall"]["failed_self_edits"] == 4
     assert res["articles"][2]["completions"][1]["text"].startswith("the first usable")
+
+
+def test_round_passages_one_file_per_round(tmp_path):
+    """--train-data a,b: round r ranks file r's passages (the original's new passages per round); one file serves
+    every round; round 0 keeps a file's completions, later rounds sample their own; a count mismatch is refused."""
+    from experiments.knowledge_incorporation import round_passages
+    from seal_jax.knowledge.data import Passage, Question, save_passages
+
+    def write(name, titles):
+        save_passages(str(tmp_path / name), [Passage(title=t, context=f"{t} text.", questions=(Question("q?", "a"),),
+                                                     completions=("an edit",)) for t in titles])
+        return str(tmp_path / name)
+
+    a, b = write("a.json", ["A1", "A2", "A3"]), write("b.json", ["B1", "B2"])
+    rounds = round_passages(f"{a},{b}", 2, 2)
+    assert [[p.title for p in ps] for ps in rounds] == [["A1", "A2"], ["B1", "B2"]]
+    assert rounds[0][0].completions == ("an edit",) and rounds[1][0].completions == ()
+    one = round_passages(a, 3, 5)
+    assert [[p.title for p in ps] for ps in one] == [["A1", "A2", "A3"]] * 3
+    assert round_passages(a, 2, 5, regenerate=True)[0][0].completions == ()
+    with pytest.raises(SystemExit, match="names 2 files but --rounds is 3"):
+        round_passages(f"{a},{b}", 3, 2)
