@@ -20,6 +20,7 @@ import fcntl
 import json
 import argparse
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -33,6 +34,9 @@ class RunDirError(SystemExit):
 
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
+
+
+_OPEN_RUN: list[RunDir | None] = [None]  # the run directory this process opened last (its events get `records`)
 
 
 class RunDir:
@@ -62,6 +66,7 @@ class RunDir:
                 if _canonical(old[k]) != v:
                     raise RunDirError(f"{path} holds a run with {k}={old[k]!r} (asked {v!r}); use another --out")
         write_json(cfg_path, config)
+        _OPEN_RUN[0] = self
 
     def _has_work(self) -> bool:
         return any(name not in _BOOKKEEPING and not name.endswith(".tmp") for name in os.listdir(self.path))
@@ -211,6 +216,7 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    _maybe_die(lambda: None)
     os.replace(tmp, path)
     _fsync_dir(path)
 
@@ -296,12 +302,37 @@ def read_jsonl_strict(path: str | os.PathLike, required: Mapping[str, type] | No
 
 
 def append_jsonl(path: str, rows: Sequence[dict]) -> None:
-    """Whole lines only, one write per record, flushed and fsynced."""
+    """Whole lines only, one write per record, flushed and fsynced. A file whose last line was cut by a kill is
+    repaired first (`read_jsonl` moves the torn tail aside), so a new record never lands on a torn line."""
+    if os.path.exists(path) and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            whole = f.read(1) == b"\n"
+        if not whole:
+            read_jsonl(path)
     with open(path, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+        for i, r in enumerate(rows):
+            line = json.dumps(r) + "\n"
+            _maybe_die(lambda: (f.write(line[:len(line) // 2]), f.flush(), os.fsync(f.fileno())))
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+
+# Fault injection for the kill tests (tests/experiments/test_kill_resume.py): with SEAL_KILL_AT_WRITE=N in the
+# environment the process SIGKILLs itself in the middle of its Nth durable write (a JSONL record cut after half its
+# bytes; a JSON file's temporary written but not renamed), where kill -9 or a power cut could leave it.
+_WRITES = [0]
+
+
+def _maybe_die(partial: Callable[[], Any]) -> None:
+    at = os.environ.get("SEAL_KILL_AT_WRITE")
+    if not at:
+        return
+    _WRITES[0] += 1
+    if _WRITES[0] == int(at):
+        partial()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def progress(iterable, total: int, desc: str, disabled: bool = False):
@@ -327,6 +358,16 @@ def resume_records(path: str, items: Sequence, *, key: Callable[[Any], str], rec
                          no_progress=no_progress, write=write, on_done=on_done)
 
 
+def _log_records(path: str, record_key: str, keys: list) -> None:
+    """A `records` event in the open run's log after each durable append (file relative to the run, the key field,
+    the keys), so that
+    what a run computed, across kills and resumptions, can be counted from events.jsonl."""
+    run = _OPEN_RUN[0]
+    real = os.path.realpath(path)
+    if run is not None and real.startswith(run.path + os.sep):
+        run.event("records", file=os.path.relpath(real, run.path), key=record_key, keys=keys)
+
+
 def resume_stream(path: str, items: Sequence, *, key: Callable[[Any], str], record_key: str,
                   work: Callable[[list], Iterable[list[dict]]], desc: str = "", no_progress: bool = False,
                   write: bool = True, on_done: Callable[[list[dict], float], None] | None = None) -> dict[str, dict]:
@@ -344,6 +385,7 @@ def resume_stream(path: str, items: Sequence, *, key: Callable[[Any], str], reco
                 raise ValueError(f"{path}: records {again[:3]} were already written (a duplicate key)")
             if write:
                 append_jsonl(path, records)
+                _log_records(path, record_key, [r[record_key] for r in records])
             done.update({r[record_key]: r for r in records})
             bar.update(len(records))
             if on_done is not None:
