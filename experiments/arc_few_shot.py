@@ -50,7 +50,10 @@ Differences from the original, each fixing a weakness of the spec's section 6.2 
 where numbers change): all training tasks get self-edits (W1); deterministic data, queries and sampling seeds and a
 fixed date line in the Llama-3 chat template (W3); right padding never in the TTT loss and a single BOS
 (`--double-bos`, `--trailing-header` restore the rest of the original's sequences; W5); identical configurations of
-a task trained once (W6); bounded resampling and a strict parser (W7). Tasks are data-selected by flags, not by the
+a task trained once (W6); bounded resampling and a strict parser (W7); ties in the vote go to the answer seen first
+(`--vote original`: the original's set/argsort order); a reply missing a field is a failed sample
+(`--self-edit-sampling original`: strict json.loads with resampling, missing fields -> a 0-epoch adapter).
+`--fidelity original` turns every such switch on at once (`ORIGINAL`). Tasks are data-selected by flags, not by the
 original's index arithmetic (the README's sets are `seal_jax.arc.SUBSETS` names).
 
 Behaviour cloning needs successful self-edits. A random-init model never solves a task, so smoke tests pass
@@ -99,6 +102,12 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip()) if text else ()
 
 
+# `--fidelity original`: the original's behaviour wherever ours deliberately differs (README, "Fidelity switches").
+# The original resampled unparseable replies without limit; 64 attempts per slot stand in for that.
+ORIGINAL = dict(self_edit_sampling="original", self_edit_attempts=64, double_bos=True, trailing_header=True,
+                answer_parser="original", vote="original", bc_target="raw")
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
 
@@ -131,6 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-self-edit-tokens", type=int, default=128)
     g.add_argument("--self-edit-attempts", type=int, default=1,
                    help="samples per self-edit slot until one parses (the original resampled without limit)")
+    g.add_argument("--self-edit-sampling", default="clean", choices=["clean", "original"],
+                   help="read replies leniently, a reply missing a field a failed sample (clean); or as the original: "
+                        "strict json.loads (else resampled), missing fields or an unknown strategy -> a 0-epoch "
+                        "adapter, booleans by truthiness (seal_jax.arc.parse_self_edit_original)")
     g.add_argument("--double-bos", action="store_true",
                    help="the original's double BOS in self-edit prompts, TTT and BC sequences")
     g.add_argument("--self-edits", default=None,
@@ -163,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--query-augmenters", default="transpose,flip_0,flip_1,rotate_90,rotate_180")
     g.add_argument("--answer-max-tokens", type=int, default=0, help="new tokens per answer (0: per-task auto)")
     g.add_argument("--answer-parser", default="model", choices=["model", "original"])
+    g.add_argument("--vote", default="clean", choices=["clean", "original"],
+                   help="attempt voting: ties to the answer seen first (clean), or the original's set/argsort order, "
+                        "which on a tie for first place gives the row/column-majority grid as the second attempt")
     g.add_argument("--max-rows", type=int, default=64,
                    help="generation rows per call (KV cache: rows x (prompt + answer) x 32 KB for Llama-3.2-1B)")
     g = ap.add_argument_group("oracle")
@@ -183,12 +199,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "solve a task; NOT ReST-EM)")
     g.add_argument("--seal-ttt-base", default="policy", choices=["policy", "base"],
                    help="TTT/inference base of the seal phase: the merged policy (original) or the base model")
+    g = ap.add_argument_group("fidelity")
+    g.add_argument("--fidelity", default="clean", choices=["clean", "original"],
+                   help="original: every switch above that restores the original's behaviour at once (" +
+                        ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in ORIGINAL.items()) +
+                        "); a flag given explicitly still wins")
     g = ap.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--stop-after-units", type=int, default=None,
                    help="stop after this many finished tasks in this invocation (simulates a kill)")
     g.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.fidelity == "original":  # the original's behaviours become the defaults; explicit flags still win
+        ap.set_defaults(**ORIGINAL)
+        args = ap.parse_args(argv)
     if (args.model is None) == (args.preset is None):
         ap.error("give exactly one of --model DIR or --preset NAME")
     if args.preset and not args.tokenizer:
@@ -324,7 +348,7 @@ def load_context(args) -> Context:
         inference = InferenceOptions(permute_n=args.query_permutations, augmenters=_names(args.query_augmenters),
                                      seed=0, max_tokens=args.max_tokens,
                                      answer_max_tokens=args.answer_max_tokens or None, parser=args.answer_parser,
-                                     prompt_buckets=buckets, max_rows=args.max_rows)
+                                     prompt_buckets=buckets, max_rows=args.max_rows, vote=args.vote)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     oracle = oracle_configs(args)
@@ -353,10 +377,10 @@ def self_edit_prompt_ids(tokenizer, task, double_bos: bool = False) -> list[int]
     return tokenizer.apply_chat_template(arc.self_edit_messages(task))
 
 
-def _sample_record(j: int, text: str, attempts: int, source: str) -> dict:
-    from seal_jax.arc import SelfEditError, parse_self_edit
+def _sample_record(j: int, text: str, attempts: int, source: str, sampling: str = "clean") -> dict:
+    from seal_jax.arc import SelfEditError, parse_self_edit, parse_self_edit_original
     try:
-        cfg = parse_self_edit(text)
+        cfg = parse_self_edit(text) if sampling == "clean" else parse_self_edit_original(text)
         return {"sample": j, "text": text, "config": cfg.to_dict(), "error": None,
                 "sample_attempts": attempts, "source": source}
     except SelfEditError as e:
@@ -364,7 +388,7 @@ def _sample_record(j: int, text: str, attempts: int, source: str) -> dict:
                 "source": source}
 
 
-def _injected(path: str, tasks, k: int) -> dict[str, list[dict]]:
+def _injected(path: str, tasks, k: int, sampling: str = "clean") -> dict[str, list[dict]]:
     from seal_jax.arc.data import _read_json
     data = _read_json(path)
     if not isinstance(data, dict):
@@ -374,7 +398,7 @@ def _injected(path: str, tasks, k: int) -> dict[str, list[dict]]:
         texts = data.get(t.task_id)
         if not isinstance(texts, list) or not texts:
             raise SystemExit(f"error: {path} has no self-edits for task {t.task_id}")
-        out[t.task_id] = [_sample_record(j, x if isinstance(x, str) else json.dumps(x), 1, "file")
+        out[t.task_id] = [_sample_record(j, x if isinstance(x, str) else json.dumps(x), 1, "file", sampling)
                           for j, x in enumerate(texts[:k])]
     return out
 
@@ -390,7 +414,7 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
     a = ctx.args
     t0 = time.perf_counter()
     if injected:
-        samples = _injected(injected, tasks, k)
+        samples = _injected(injected, tasks, k, a.self_edit_sampling)
     else:
         prompts = {t.task_id: self_edit_prompt_ids(ctx.tokenizer, t, a.double_bos) for t in tasks}
         records: dict[tuple[str, int], dict] = {}
@@ -411,7 +435,7 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
                                             stop_token_ids=ctx.tokenizer.stop_token_ids)
             still = []
             for (tid, j), o in zip(pending, outs):
-                rec = _sample_record(j, ctx.tokenizer.decode(o), attempt + 1, "policy")
+                rec = _sample_record(j, ctx.tokenizer.decode(o), attempt + 1, "policy", a.self_edit_sampling)
                 records[(tid, j)] = rec
                 if rec["config"] is None:
                     still.append((tid, j))
@@ -464,14 +488,14 @@ def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], b
     engine stream (`seal_jax.arc.ttt.evaluate_tasks`) and each task's evals.jsonl line is appended as soon as its
     last adapter is trained and its inference is done. A row's seconds (and cpu_seconds) are the time since the
     previous task finished (the first: since the phase's stream began, its data building included)."""
-    from seal_jax.arc import parse_self_edit
+    from seal_jax.arc import SelfEditConfig
     from seal_jax.arc.ttt import evaluate_tasks
 
     def parsed(task):
         return [r for r in samples[task.task_id] if r["config"] is not None]
 
     def work(todo):
-        items = [(t, [parse_self_edit(json.dumps(r["config"])) for r in parsed(t)]) for t in todo]
+        items = [(t, [SelfEditConfig.from_dict(r["config"]) for r in parsed(t)]) for t in todo]
         by_id = {t.task_id: t for t in todo}
         laps = _Laps()
         for task_id, evals in evaluate_tasks(base_model, ctx.tokenizer, items, ctx.ttt, ctx.inference):
@@ -497,7 +521,7 @@ def icl_phase(ctx: Context) -> dict[str, dict]:
             t0 = time.perf_counter()
             queries = inference.build_task_queries(ctx.tokenizer, task, ctx.inference)
             preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None)[0]
-            yield dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds),
+            yield dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds, ctx.inference.vote),
                        seconds=time.perf_counter() - t0)
 
     return _task_loop(ctx, "icl", ctx.eval_tasks, work, "ICL")

@@ -24,7 +24,8 @@ from seal_jax.arc.grids import (FORMATS, Grid, GridError, GridFormatError, as_gr
                                 parse_grid_original, parse_model_grid, self_edit_demonstrations_text, to_text,
                                 ttt_messages)
 from seal_jax.arc.self_edit import (DEFAULT_LIMITS, LOSS_STRATEGIES, SelfEditConfig, SelfEditError, SelfEditLimits,
-                                    parse_self_edit, self_edit_messages, self_edit_prompt, self_edit_user_text)
+                                    parse_self_edit, parse_self_edit_original, self_edit_messages, self_edit_prompt,
+                                    self_edit_user_text)
 
 __all__ = ["AUGMENTERS", "DEFAULT_LIMITS", "FAMILIES", "FORMATS", "LOSS_STRATEGIES", "SELF_EDIT_FAMILIES", "SPLITS",
            "SUBSETS", "ArcDataError", "ArcExample", "ArcTask", "AugmentError", "Augmenter", "Chain", "Concat", "Flip",
@@ -33,6 +34,6 @@ __all__ = ["AUGMENTERS", "DEFAULT_LIMITS", "FAMILIES", "FORMATS", "LOSS_STRATEGI
            "Subset", "Transpose", "UnknownTaskError", "apply_color_map", "as_grid", "augmenters_for", "fits",
            "from_text", "get_augmenter", "get_subset", "get_task", "invert_color_map", "load_arc1", "load_challenges",
            "load_task_dir", "load_task_file", "make_rng", "pair_text", "parse_grid_original", "parse_model_grid",
-           "parse_self_edit", "permute_colors", "permute_examples", "self_edit_demonstrations_text",
+           "parse_self_edit", "parse_self_edit_original", "permute_colors", "permute_examples", "self_edit_demonstrations_text",
            "self_edit_messages", "self_edit_prompt", "self_edit_user_text", "subset_ids", "task_from_dict", "to_text",
            "ttt_messages"]

@@ -34,6 +34,8 @@ import dataclasses
 import itertools
 from typing import Any, Sequence
 
+import numpy as np
+
 
 from seal_jax import generation
 from seal_jax.arc.augment import AugmentError, Augmenter, Flip, Rotate, Transpose, get_augmenter, make_rng
@@ -42,13 +44,14 @@ from seal_jax.arc.grids import Grid, OUTPUT_FOOTER, parse_grid_original, parse_m
 from seal_jax.buckets import bucket
 from seal_jax.lora import Lora
 
-__all__ = ["INFERENCE_AUGMENTERS", "PARSERS", "VOTE_CATEGORIES", "InferenceOptions", "Prediction", "Query",
+__all__ = ["INFERENCE_AUGMENTERS", "PARSERS", "VOTES", "VOTE_CATEGORIES", "InferenceOptions", "Prediction", "Query",
            "TaskQueries", "auto_answer_budget", "build_task_queries", "decode_prediction", "inverse_category",
            "leave_one_out_queries", "predict", "query_prompt_ids", "score_predictions", "vote"]
 
 INFERENCE_AUGMENTERS = ("transpose", "flip_0", "flip_1", "rotate_90", "rotate_180")
 VOTE_CATEGORIES = ("all", "identity", "Transpose()", "Flip(0)", "Flip(1)", "Rotate(180)", "Rotate(270)")
 PARSERS = ("model", "original")
+VOTES = ("clean", "original")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +66,14 @@ class InferenceOptions:
     parser: str = "model"  # "model" (strict grids) or "original" (reshapes ragged answers whose size divides)
     prompt_buckets: tuple[int, ...] | None = None  # prompt length buckets for generation (None: powers of two)
     max_rows: int = 64  # generation rows (queries) per call; bounds the KV cache
+    vote: str = "clean"  # "clean" (ties to the first seen) or "original" (the original's set/argsort order; `vote`)
 
     def __post_init__(self):
         object.__setattr__(self, "augmenters", tuple(self.augmenters))
         if self.parser not in PARSERS:
             raise ValueError(f"unknown answer parser {self.parser!r}; expected one of {', '.join(PARSERS)}")
+        if self.vote not in VOTES:
+            raise ValueError(f"unknown vote {self.vote!r}; expected one of {', '.join(VOTES)}")
         if self.permute_n < 0 or self.max_rows < 1 or self.max_tokens < 2:
             raise ValueError(f"invalid InferenceOptions {self}")
         for name in self.augmenters:
@@ -304,8 +310,59 @@ def _top3(outputs: Sequence[Grid]) -> tuple[Grid | None, Grid | None, Grid | Non
     return first, second, third
 
 
-def vote(predictions: Sequence[tuple[Grid, str]]) -> tuple[Grid | None, Grid | None]:
-    """Two attempts from (grid, category) predictions (the original's ``vote``); (None, None) without any."""
+def _as_grid(array) -> Grid:
+    return tuple(tuple(int(v) for v in row) for row in array.tolist())
+
+
+def _row_majority_original(outputs: Sequence[Grid], transpose: bool = False) -> Grid:
+    """``row_base_majority_voting`` computed as the original does: the most common shape and each most common row
+    by ``max(set(...), key=count)``, so a tie goes to whichever comes first in Python's set order."""
+    grids = [_as_grid(np.array(g).T) for g in outputs] if transpose else list(outputs)
+    shapes = [np.array(g).shape for g in grids]
+    n_rows, n_cols = max(set(shapes), key=shapes.count)
+    rows = []
+    for r in range(n_rows):
+        candidates = [g[r] for g in grids if len(g) > r and len(g[r]) == n_cols]
+        rows.append(max(set(candidates), key=candidates.count))
+    grid = np.array(rows)
+    return _as_grid(grid.T if transpose else grid)
+
+
+def _top3_original(outputs: Sequence[Grid]) -> tuple[Grid | None, Grid | None, Grid | None]:
+    """``get_all_type_of_votingsv2`` computed as the original does: distinct outputs in Python's set order, the most
+    common by ``np.argmax`` (the first maximum in that order), the 2nd and 3rd by ``np.argsort`` of the counts (whose
+    last places hold the later maxima). So when two outputs tie for first place the "2nd" is the 1st again and is
+    replaced by the row-majority (else column-majority) grid: the runner-up is not an attempt."""
+    if not outputs:
+        return None, None, None
+    outputs = list(outputs)
+    unique = list(set(outputs))
+    counts = [outputs.count(o) for o in unique]
+    first = unique[int(np.argmax(counts))]
+    second = third = first
+    row = _row_majority_original(outputs)
+    col = _row_majority_original(outputs, transpose=True)
+    order = np.argsort(counts)
+    if len(unique) > 2:
+        second, third = unique[order[-2]], unique[order[-3]]
+    elif len(unique) > 1:
+        second = unique[order[-2]]
+    if second == first:
+        second = row if row != first else col
+    if third in (first, second):
+        third = row if row not in (first, second) else col
+    return first, second, third
+
+
+def vote(predictions: Sequence[tuple[Grid, str]], mode: str = "clean") -> tuple[Grid | None, Grid | None]:
+    """Two attempts from (grid, category) predictions (the original's ``vote``); (None, None) without any.
+
+    mode "clean": counting ties go to the answer seen first, so on a tie for first place the runner-up is the
+    second attempt. "original": the original's order of distinct answers (`_top3_original`), which on such a tie
+    gives the row/column-majority grid as the second attempt instead."""
+    if mode not in VOTES:
+        raise ValueError(f"unknown vote {mode!r}; expected one of {', '.join(VOTES)}")
+    top3 = _top3 if mode == "clean" else _top3_original
     by_category: dict[str, list[Grid]] = {}
     for grid, category in predictions:
         by_category.setdefault(category, []).append(grid)
@@ -313,10 +370,10 @@ def vote(predictions: Sequence[tuple[Grid, str]]) -> tuple[Grid | None, Grid | N
     candidates: list[Grid] = []
     for key in VOTE_CATEGORIES:
         if by_category.get(key):
-            candidates += [c for c in _top3(by_category[key]) if c is not None]
+            candidates += [c for c in top3(by_category[key]) if c is not None]
     if not candidates:
         return None, None
-    c1, c2, c3 = _top3(candidates)
+    c1, c2, c3 = top3(candidates)
     if candidates.count(c2) == candidates.count(c3) and "identity" in by_category:
         identity = by_category["identity"]
         if identity.count(c2) > identity.count(c3):
@@ -327,7 +384,7 @@ def vote(predictions: Sequence[tuple[Grid, str]]) -> tuple[Grid | None, Grid | N
 
 
 def score_predictions(task: ArcTask, queries: TaskQueries,
-                      predictions: Sequence[Sequence[Prediction]] | None) -> dict[str, Any]:
+                      predictions: Sequence[Sequence[Prediction]] | None, vote_mode: str = "clean") -> dict[str, Any]:
     """Vote and score one task's predictions (None: no adapter to ask, every test input unsolved).
 
     Returns a JSON-ready dict: ``n_queries`` and ``n_parsed`` per test input, ``attempts`` (two grids or None per
@@ -339,7 +396,7 @@ def score_predictions(task: ArcTask, queries: TaskQueries,
     attempts, solved, parsed = [], [], []
     for ex, preds in zip(task.test, predictions):
         usable = [(p.grid, p.category) for p in preds if p.grid is not None]
-        a1, a2 = vote(usable)
+        a1, a2 = vote(usable, vote_mode)
         attempts.append([a1, a2])
         parsed.append(len(usable))
         solved.append(ex.output is not None and ex.output in (a1, a2))

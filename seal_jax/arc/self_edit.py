@@ -46,8 +46,9 @@ from typing import Any, Sequence
 from seal_jax.arc.augment import SELF_EDIT_FAMILIES, AugmentError, Augmenter, augmenters_for, get_augmenter
 from seal_jax.arc.grids import self_edit_demonstrations_text
 
-__all__ = ["DEFAULT_LIMITS", "LOSS_STRATEGIES", "MAX_TEXT_CHARS", "SELF_EDIT_INSTRUCTION", "SELF_EDIT_SEPARATOR",
-           "SELF_EDIT_SYSTEM_MESSAGE", "SelfEditConfig", "SelfEditError", "SelfEditLimits", "parse_self_edit",
+__all__ = ["DEFAULT_LIMITS", "LOSS_STRATEGIES", "MAX_TEXT_CHARS", "SAMPLING", "SELF_EDIT_INSTRUCTION",
+           "SELF_EDIT_SEPARATOR", "SELF_EDIT_SYSTEM_MESSAGE", "SelfEditConfig", "SelfEditError", "SelfEditLimits",
+           "parse_self_edit", "parse_self_edit_original",
            "self_edit_messages", "self_edit_prompt", "self_edit_user_text"]
 
 LOSS_STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
@@ -143,8 +144,10 @@ class SelfEditConfig:
                 raise SelfEditError(f"{key} must be a bool, got {getattr(self, key)!r}")
         if self.strategy not in LOSS_STRATEGIES:
             raise SelfEditError(f"strategy must be one of {', '.join(LOSS_STRATEGIES)}, got {self.strategy!r}")
-        if not _is_number(self.learning_rate) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise SelfEditError(f"learning_rate must be a positive finite number, got {self.learning_rate!r}")
+        if not _is_number(self.learning_rate) or not math.isfinite(self.learning_rate) or self.learning_rate < 0 \
+                or (self.learning_rate == 0 and self.num_train_epochs != 0):
+            raise SelfEditError(f"learning_rate must be a positive finite number (0 only with 0 epochs), got "
+                                f"{self.learning_rate!r}")
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
         if not isinstance(self.num_train_epochs, int) or isinstance(self.num_train_epochs, bool) \
                 or self.num_train_epochs < 0:
@@ -194,6 +197,17 @@ class SelfEditConfig:
             dg["augmenters"] = list(self.augmenters)
         return {"data_generation": dg, "training": {"strategy": self.strategy, "learning_rate": self.learning_rate,
                                                     "num_train_epochs": self.num_train_epochs}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SelfEditConfig":
+        """The inverse of `to_dict` (a stored configuration; validated, but not parsed leniently)."""
+        try:
+            dg, tr = d["data_generation"], d["training"]
+            return cls(**{key: dg[key] for key in FLAG_KEYS}, strategy=tr["strategy"],
+                       learning_rate=tr["learning_rate"], num_train_epochs=tr["num_train_epochs"],
+                       augmenters=tuple(dg.get("augmenters", ())))
+        except (KeyError, TypeError) as e:
+            raise SelfEditError(f"not a stored configuration ({e!r})") from None
 
     def to_json(self) -> str:
         """Canonical JSON text (a stable cache key for identical configurations)."""
@@ -456,6 +470,52 @@ def _config_from_object(obj: Any, limits: SelfEditLimits) -> SelfEditConfig:
     return SelfEditConfig(**flags, strategy=_as_strategy(tr["strategy"]),
                           learning_rate=_as_learning_rate(tr["learning_rate"], limits),
                           num_train_epochs=_as_epochs(tr["num_train_epochs"], limits), augmenters=extras)
+
+
+SAMPLING = ("clean", "original")
+
+
+def parse_self_edit_original(text: str) -> SelfEditConfig:
+    """A reply read the way the original reads it (spec sections 1.2-1.3; ``--self-edit-sampling original``).
+
+    ``json.loads`` of the whole reply: anything else (code fences, prose, a truncated object) raises `SelfEditError`
+    and the original resamples. A document that is not an object with ``data_generation`` and ``training`` objects
+    also raises (the original crashes on it while building its de-duplication key). Then the original's fallbacks
+    instead of errors: any of the four augmentation booleans missing -> no augmentation and 0 epochs; any of
+    strategy / learning_rate / num_train_epochs missing -> 0 epochs, all-token loss, learning rate 0; a strategy
+    other than the two -> 0 epochs; booleans by truthiness (the string "false" is true). A 0-epoch configuration
+    takes no optimiser step, so its adapter is the untrained one. Values the original would hand to its trainer
+    unchecked (a non-numeric learning rate, a fractional or negative epoch count) raise, as its trainer would."""
+    if not isinstance(text, str):
+        raise SelfEditError(f"expected the reply as str, got {type(text).__name__}")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise SelfEditError(f"the reply is not a JSON document (the original resamples): {_snippet(text)}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("data_generation"), dict) \
+            or not isinstance(obj.get("training"), dict):
+        raise SelfEditError("no data_generation and training objects (the original crashes on this reply)")
+    dg, tr = obj["data_generation"], obj["training"]
+    zero = False
+    if all(key in dg for key in FLAG_KEYS):
+        flags = {key: bool(dg[key]) for key in FLAG_KEYS}
+    else:
+        flags, zero = {key: False for key in FLAG_KEYS}, True
+    if all(key in tr for key in TRAINING_KEYS):
+        strategy, lr, epochs = tr["strategy"], tr["learning_rate"], tr["num_train_epochs"]
+    else:
+        strategy, lr, epochs, zero = LOSS_STRATEGIES[0], 0.0, 0, True
+    if strategy not in LOSS_STRATEGIES:
+        strategy, zero = LOSS_STRATEGIES[0], True
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
+        raise SelfEditError(f"learning_rate {_snippet(repr(lr), 40)} would fail the original's trainer")
+    if isinstance(epochs, float) and epochs.is_integer():
+        epochs = int(epochs)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise SelfEditError(f"num_train_epochs {_snippet(repr(epochs), 40)} is not a whole number of epochs")
+    if zero or lr == 0:  # (a zero learning rate trains nothing either way)
+        epochs = 0
+    return SelfEditConfig(**flags, strategy=strategy, learning_rate=float(lr), num_train_epochs=epochs)
 
 
 def parse_self_edit(text: str, limits: SelfEditLimits = DEFAULT_LIMITS) -> SelfEditConfig:

@@ -513,7 +513,7 @@ def evaluate_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequen
         records = []
         for out in trained.outcomes:
             rec = out.to_dict()
-            rec.update(inference.score_predictions(task, queries, predictions[out.slot]))
+            rec.update(inference.score_predictions(task, queries, predictions[out.slot], iopts.vote))
             rec["train_seconds"] = trained.seconds
             rec["inference_seconds"] = infer_s
             records.append(rec)

@@ -101,6 +101,49 @@ def test_row_majority_builds_a_new_grid():
     assert VOTE_CATEGORIES[0] == "all"
 
 
+MAJORITY_INPUTS = [((1, 1), (2, 2), (0, 0)), ((1, 1), (3, 3), (5, 5)), ((4, 4), (2, 2), (5, 5)),
+                   ((9, 9, 9),), ((6, 6, 6), (6, 6, 6), (6, 6, 6))]  # three 3x2 grids, a 1x3 and a 3x3 (outvoted)
+
+
+@pytest.mark.parametrize("majority", ["clean", "original"])
+def test_majority_grids_by_rows_and_by_columns(majority):
+    """The row-wise majority takes the most common shape (3x2: the 1x3 and 3x3 answers do not count) and, per row,
+    the most common row of that width: ((1,1), (2,2), (5,5)), which no single answer is (plain plurality would
+    return one of the answers, a constant anything else). By columns, the same on the transposed answers."""
+    from seal_jax.arc.inference import _row_majority, _row_majority_original
+    fn = _row_majority if majority == "clean" else _row_majority_original
+    assert fn(MAJORITY_INPUTS) == ((1, 1), (2, 2), (5, 5))
+    transposed = [tuple(zip(*g)) for g in MAJORITY_INPUTS]
+    assert fn(transposed, transpose=True) == ((1, 2, 5), (1, 2, 5))
+    # by columns on the untransposed answers: most common shape 3x2, columns (1,2,0)/(1,3,5)/(4,2,5) have no majority
+    # and the 2nd column equals the 1st in every answer
+    assert fn(MAJORITY_INPUTS[:3], transpose=True) in {g for g in MAJORITY_INPUTS[:3]}
+
+
+def test_vote_original_gives_the_majority_grid_on_a_tie_for_first():
+    """A and B tie for first place (2 answers each), C once. The original (`get_all_type_of_votingsv2`): distinct
+    answers in Python's set order, here [C, A, B] (tuple hashes of small ints are fixed); np.argmax of the counts
+    [1, 2, 2] picks A; np.argsort's last-but-one place also holds A, so the "2nd" equals the 1st and is replaced by
+    the row-majority grid ((1,1), (4,4)) = C. The clean vote gives the runner-up B."""
+    from seal_jax.arc.inference import _top3, _top3_original
+    A, B, C = ((1, 1), (2, 2)), ((3, 3), (4, 4)), ((1, 1), (4, 4))
+    answers = [A, A, B, B, C]
+    assert list({A, B, C}) == [C, A, B]  # the set order the expected values below were worked out for
+    assert _top3_original(answers)[:2] == (A, C)
+    assert _top3(answers) == (A, B, C)
+    preds = [(g, "identity") for g in answers]
+    assert vote(preds, "original") == (A, C)
+    assert vote(preds, "clean") == (A, B)
+    # No tie among the answers (A 3, B 2, C 1), but the pooled candidates tie: "all" and "identity" each give
+    # [A, B, C], so every candidate counts 2 and the original's set order [C, A, B] decides: np.argmax picks C (seen
+    # once) as the first attempt and A as the second. The clean vote keeps A, B.
+    plain = [(g, "identity") for g in [A, A, A, B, B, C]]
+    assert vote(plain, "original") == (C, A)
+    assert vote(plain, "clean") == (A, B)
+    with pytest.raises(ValueError, match="unknown vote"):
+        vote(preds, "plurality")
+
+
 # ------------------------------------------------------------------------------------------------------ scoring
 
 def _fake_predictions(task, queries, answer_for):

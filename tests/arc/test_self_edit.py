@@ -288,3 +288,66 @@ def test_prompt_on_real_subsets():
     for task in arc.get_subset("seal-train") + arc.get_subset("seal-eval"):
         prompt = self_edit_prompt(task)
         assert prompt.count("Input:\n") == len(task.train) and prompt.count("\nOutput:\n") == len(task.train)
+
+
+# ------------------------------------------------------------------------------------ the original's reading (fidelity)
+
+_FULL = {"data_generation": {"use_basic_augmentations": True, "use_size_augmentations": False,
+                             "use_chain_augmentations": False, "use_repeat_augmentations": True},
+         "training": {"strategy": "train_using_output_tokens", "learning_rate": 1e-4, "num_train_epochs": 2}}
+
+
+def _with(section, key, value=None, drop=False):
+    obj = json.loads(json.dumps(_FULL))
+    if drop:
+        del obj[section][key]
+    else:
+        obj[section][key] = value
+    return json.dumps(obj)
+
+
+def test_original_reading_keeps_a_complete_reply():
+    from seal_jax.arc.self_edit import parse_self_edit_original
+    cfg = parse_self_edit_original(json.dumps(_FULL))
+    assert cfg == parse_self_edit(json.dumps(_FULL))
+    assert cfg.families == ("basic", "repeat") and cfg.num_train_epochs == 2 and cfg.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("text, families, strategy, lr, epochs", [
+    # a missing augmentation boolean: no augmentation and 0 epochs (the training fields are kept)
+    (_with("data_generation", "use_size_augmentations", drop=True), (), "train_using_output_tokens", 1e-4, 0),
+    # a missing training field: 0 epochs, learning rate 0, all-token loss (the augmentation booleans are kept)
+    (_with("training", "learning_rate", drop=True), ("basic", "repeat"), "train_using_all_tokens", 0.0, 0),
+    (_with("training", "strategy", drop=True), ("basic", "repeat"), "train_using_all_tokens", 0.0, 0),
+    # a strategy other than the two: 0 epochs
+    (_with("training", "strategy", "outputs only"), ("basic", "repeat"), "train_using_all_tokens", 1e-4, 0),
+    # truthiness: the string "false" is true, 0 is false
+    (_with("data_generation", "use_size_augmentations", "false"), ("basic", "size", "repeat"),
+     "train_using_output_tokens", 1e-4, 2),
+    (_with("data_generation", "use_basic_augmentations", 0), ("repeat",), "train_using_output_tokens", 1e-4, 2),
+    # an integral float epoch count is that many epochs
+    (_with("training", "num_train_epochs", 3.0), ("basic", "repeat"), "train_using_output_tokens", 1e-4, 3),
+])
+def test_original_reading_falls_back_to_a_0_epoch_adapter(text, families, strategy, lr, epochs):
+    from seal_jax.arc.self_edit import parse_self_edit_original
+    cfg = parse_self_edit_original(text)
+    assert (cfg.families, cfg.strategy, cfg.learning_rate, cfg.num_train_epochs) == (families, strategy, lr, epochs)
+    if epochs == 0:
+        with pytest.raises(SelfEditError):  # the clean reading makes each of these a failed sample instead
+            parse_self_edit(text)
+    assert SelfEditConfig.from_dict(cfg.to_dict()) == cfg  # stored and read back (the TTT phases do)
+
+
+@pytest.mark.parametrize("text", [
+    "```json\n" + json.dumps(_FULL) + "\n```",  # fenced: json.loads fails, the original resamples
+    "Here it is: " + json.dumps(_FULL),
+    json.dumps(_FULL)[:-5],  # truncated
+    json.dumps({"training": _FULL["training"]}),  # no data_generation object (the original crashes)
+    json.dumps([_FULL]),
+    _with("training", "learning_rate", "fast"),  # would fail the original's trainer
+    _with("training", "num_train_epochs", 1.5),
+])
+def test_original_reading_rejects_what_the_original_cannot_use(text):
+    from seal_jax.arc.self_edit import parse_self_edit_original
+    with pytest.raises(SelfEditError):
+        parse_self_edit_original(text)
