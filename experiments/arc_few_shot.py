@@ -52,7 +52,8 @@ fixed date line in the Llama-3 chat template (W3); right padding never in the TT
 (`--double-bos`, `--trailing-header` restore the rest of the original's sequences; W5); identical configurations of
 a task trained once (W6); bounded resampling and a strict parser (W7); ties in the vote go to the answer seen first
 (`--vote original`: the original's set/argsort order); a reply missing a field is a failed sample
-(`--self-edit-sampling original`: strict json.loads with resampling, missing fields -> a 0-epoch adapter).
+(`--self-edit-sampling original`: strict json.loads with resampling, missing fields -> a 0-epoch adapter); eos pads
+never in the TTT or BC loss (`--pad-loss original`: padded to the data set's longest and trained on, W5).
 `--fidelity original` turns every such switch on at once (`ORIGINAL`). Tasks are data-selected by flags, not by the
 original's index arithmetic (the README's sets are `seal_jax.arc.SUBSETS` names).
 
@@ -105,7 +106,7 @@ def _ints(text: str) -> tuple[int, ...]:
 # `--fidelity original`: the original's behaviour wherever ours deliberately differs (README, "Fidelity switches").
 # The original resampled unparseable replies without limit; 64 attempts per slot stand in for that.
 ORIGINAL = dict(self_edit_sampling="original", self_edit_attempts=64, double_bos=True, trailing_header=True,
-                answer_parser="original", vote="original", bc_target="raw")
+                answer_parser="original", vote="original", bc_target="raw", pad_loss="original")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -163,6 +164,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-grad-norm", type=float, default=1.0)
     g.add_argument("--trailing-header", action="store_true",
                    help="the original's extra assistant header after each TTT answer (trained on)")
+    g.add_argument("--pad-loss", default="clean", choices=["clean", "original"],
+                   help="original: every TTT sequence eos-padded to the longest of its data set, and every "
+                        "behaviour-cloning row to the longest of the set, with the pads in the loss (not attended to)")
     g.add_argument("--length-buckets", default="", help="comma-separated row/prompt length buckets (default: 2^k)")
     g.add_argument("--slots", "--adapters-per-batch", dest="adapters_per_batch", type=int, default=0, metavar="K",
                    help="engine slots: adapters trained at once, across tasks (0: 16; a phase's distinct (task, "
@@ -343,7 +347,8 @@ def load_context(args) -> Context:
                          max_sequences=args.max_sequences, max_tokens=args.max_tokens, data_seed=0,
                          batch_size=args.ttt_batch_size, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                          max_grad_norm=args.max_grad_norm, trailing_header=args.trailing_header,
-                         double_bos=args.double_bos, length_buckets=buckets, seed=args.seed,
+                         double_bos=args.double_bos, pad_loss=args.pad_loss == "original",
+                         length_buckets=buckets, seed=args.seed,
                          slots=args.adapters_per_batch or 16, tokens_per_step=args.tokens_per_step)
         inference = InferenceOptions(permute_n=args.query_permutations, augmenters=_names(args.query_augmenters),
                                      seed=0, max_tokens=args.max_tokens,
@@ -605,7 +610,8 @@ def bc_phase(ctx: Context):
     cfg = sft.SFTConfig(lora=LoraConfig(rank=a.bc_rank, alpha=a.bc_alpha, targets=_names(a.bc_targets)),
                         learning_rate=a.bc_lr, epochs=a.bc_epochs, batch_size=a.bc_batch_size, schedule="cosine",
                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, seed=a.seed, max_length=a.bc_max_length,
-                        completion_only=True, checkpoint_every=a.bc_checkpoint_every)
+                        completion_only=True, checkpoint_every=a.bc_checkpoint_every,
+                        pad_to_longest=a.pad_loss == "original")
     try:
         lora, losses = sft.train_sft(ctx.model, prompts, completions, ctx.tokenizer.eos_token_id, cfg,
                                      checkpoint_dir=os.path.join(ctx.run.path, "bc", "sft_checkpoints"))

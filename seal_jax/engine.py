@@ -150,10 +150,10 @@ def _sequences(examples: Sequence[il.Example], cfg: EngineConfig) -> list[_Seq]:
             keys[:n] = True
             out.append(_Seq(t, np.ones(L, np.float32), keys))  # labels = input_ids, pads included
             continue
-        toks = np.asarray(ex.tokens[:cfg.max_length], np.int32)
-        w = (np.asarray(ex.mask()[:cfg.max_length], np.float32) if cfg.loss_mode == "completion"
-             else np.ones(len(toks), np.float32))
-        out.append(_Seq(toks, w, np.ones(len(toks), bool)))
+        toks, w, n = ex.laid_out(cfg.loss_mode, cfg.pad_id, cfg.max_length)
+        keys = np.zeros(len(toks), bool)
+        keys[:n] = True  # an example's trailing pads (Example.pads) are in the loss but not attention keys
+        out.append(_Seq(toks, w, keys))
     return out
 
 

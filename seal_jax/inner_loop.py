@@ -53,6 +53,9 @@ class Example:
 
     tokens: tuple[int, ...]
     loss_mask: tuple[int, ...] | None = None
+    # Trailing pad tokens (the pad id of the plan / engine) after `tokens`, as the original ARC trainer's
+    # padding="longest" leaves them: trained on (label = pad) whatever the loss mode, never attention keys.
+    pads: int = 0
 
     @classmethod
     def from_prompt_completion(cls, prompt: Sequence[int], completion: Sequence[int]) -> "Example":
@@ -60,6 +63,18 @@ class Example:
 
     def mask(self) -> tuple[int, ...]:
         return self.loss_mask if self.loss_mask is not None else (1,) * len(self.tokens)
+
+    def laid_out(self, loss_mode: str, pad_id: int, max_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """(tokens [L], loss weights [L], n) cut to `max_length`: the first n positions are the sequence's own
+        tokens (attention keys), the rest its trailing pads (in the loss, not keys)."""
+        n = min(len(self.tokens), max_length)
+        L = min(n + self.pads, max_length)
+        toks = np.full(L, pad_id, np.int32)
+        toks[:n] = self.tokens[:n]
+        w = np.ones(L, np.float32)
+        if loss_mode == "completion":
+            w[:n] = self.mask()[:n]
+        return toks, w, n
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,18 +170,13 @@ def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_leng
             rows.append((tok, w, seg, kv, pos))
         return rows
 
-    seqs = []
-    for ex in examples:
-        toks = list(ex.tokens[:max_length])
-        mask = list(ex.mask()[:max_length]) if loss_mode == "completion" else [1] * len(toks)
-        seqs.append((toks, mask))
-
     def new_row():
         return [np.zeros(length, np.int32), np.zeros(length, np.float32), np.zeros(length, np.int32),
-                None, np.zeros(length, np.int32), 0, 0]  # tok, w, seg, kv, pos, used, n_segments
+                np.zeros(length, np.int32), np.zeros(length, np.int32), 0, 0]  # tok, w, seg, kv, pos, used, n_seg
 
     current = None
-    for toks, mask in seqs:
+    for ex in examples:
+        toks, mask, keys = ex.laid_out(loss_mode, pad_id, max_length)
         n = len(toks)
         if current is None or not pack or current[5] + n > length:
             if current is not None:
@@ -176,11 +186,12 @@ def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_leng
         current[0][used:used + n] = toks
         current[1][used:used + n] = mask
         current[2][used:used + n] = sid
+        current[3][used:used + keys] = sid  # trailing pads are queries of the sequence, not keys
         current[4][used:used + n] = np.arange(n)
         current[5], current[6] = used + n, sid
     if current is not None:
         rows.append(current)
-    return [(r[0], r[1], r[2], r[2].copy(), r[4]) for r in rows]
+    return [tuple(r[:5]) for r in rows]
 
 
 def batch_schedule(n: int, spec: TrainSpec) -> list[np.ndarray]:
@@ -223,7 +234,7 @@ def build_plan(datasets: Sequence[Sequence[Example]], specs: Sequence[TrainSpec]
     if loss_mode == "compat_padding":
         length = bucket(compat_length, length_buckets)
     else:
-        longest = max((min(len(e.tokens), max_length) for d in datasets for e in d), default=1)
+        longest = max((min(len(e.tokens) + e.pads, max_length) for d in datasets for e in d), default=1)
         length = bucket(longest, length_buckets)
     per_adapter = [_rows_for(d, loss_mode, pad_id, max_length, compat_length, pack, length) for d in datasets]
     N = batch_bucket(max((len(r) for r in per_adapter), default=1))

@@ -43,6 +43,9 @@ class SFTConfig:
     seed: int = 0
     max_length: int = 2048
     completion_only: bool = True
+    # The original ARC behaviour cloning (padding="longest", pad = eos): every row right-padded with eos to the
+    # set's longest, the pads in the loss but not attention keys.
+    pad_to_longest: bool = False
     checkpoint_every: int = 0  # steps between checkpoints when a directory is given (0 = only at the end)
 
 
@@ -51,16 +54,21 @@ def _rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
     n = len(prompts)
     out = {k: np.zeros((n, length), np.int32) for k in ("tokens", "segment_ids", "positions")}
     out["weights"] = np.zeros((n, length), np.float32)
+    longest = max(min(len(p) + len(c) + (eos_id is not None), cfg.max_length) for p, c in zip(prompts, completions))
+    out["kv_segment_ids"] = np.zeros((n, length), np.int32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
         c = list(c) + ([eos_id] if eos_id is not None else [])
         toks = (list(p) + c)[:cfg.max_length]
         m = ([0 if cfg.completion_only else 1] * len(p) + [1] * len(c))[:cfg.max_length]
         L = len(toks)
+        out["kv_segment_ids"][i, :L] = 1
+        if cfg.pad_to_longest:  # eos pads up to the set's longest row: trained on, not attended to
+            toks, m = toks + [eos_id] * (longest - L), m + [1] * (longest - L)
+            L = longest
         out["tokens"][i, :L] = toks
         out["weights"][i, :L] = m
         out["segment_ids"][i, :L] = 1
         out["positions"][i, :L] = np.arange(L)
-    out["kv_segment_ids"] = out["segment_ids"]
     return out
 
 
@@ -92,6 +100,8 @@ def train_sft(model: Model, prompts: Sequence[Sequence[int]], completions: Seque
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"SFT needs as many prompts as completions and at least one row, got "
                          f"{len(prompts)} and {len(completions)}")
+    if cfg.pad_to_longest and eos_id is None:
+        raise ValueError("SFTConfig.pad_to_longest pads with eos: give eos_id")
     longest = max(min(len(p) + len(c) + 1, cfg.max_length) for p, c in zip(prompts, completions))
     rows = _rows(prompts, completions, eos_id, cfg, bucket(longest))
     n, bs = len(prompts), cfg.batch_size

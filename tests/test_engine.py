@@ -1,6 +1,8 @@
 """The ragged engine: every streamed adapter equals training it alone; a diverging adapter is isolated; the dry
 planner counts exactly the work `run` does; one compiled program per shape bucket."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -82,6 +84,36 @@ def test_loss_masks_equal_alone(model, loss_mode):
         _assert_equal_alone(model, d, loss_mode, compat)
     # completion: under half the positions carry loss, so only those are projected onto the vocabulary
     assert any(c > 0 for _, _, c in e.stats["shapes"]) == (loss_mode == "completion")
+
+
+def test_trailing_pads_equal_alone_and_compat_padding(model):
+    """Examples with trailing pads (each dataset padded to its longest, pads in the loss: the original ARC trainer)
+    equal training alone; with every token trained they equal compat_padding at the padded length."""
+    rng = np.random.default_rng(3)
+    jobs = []
+    for i, (n, b) in enumerate([(3, 1), (4, 2), (2, 2)]):
+        exs = _examples(rng, n, prompt=True)
+        longest = max(len(e.tokens) for e in exs)
+        jobs.append(eng.Job([dataclasses.replace(e, pads=longest - len(e.tokens)) for e in exs],
+                            il.TrainSpec(epochs=2, batch_size=b, seed=i), init_seed=i))
+    e = eng.Engine(model, LORA, eng.EngineConfig(slots=2, max_tokens_per_step=128, loss_mode="completion"))
+    done = list(e.run(jobs))
+    for d in done:
+        _assert_equal_alone(model, d, "completion")
+    # pads are not real tokens: each job's real tokens are its batches' own tokens
+    for d in done:
+        j = d.job
+        assert d.real_tokens == sum(len(j.examples[i].tokens) for b in il.batch_schedule(len(j.examples), j.spec)
+                                    for i in b)
+    L = 40
+    flat = [eng.Job([il.Example(e.tokens, pads=L - len(e.tokens)) for e in jobs[0].examples], jobs[0].spec, 0)]
+    plain = [eng.Job([il.Example(e.tokens) for e in jobs[0].examples], jobs[0].spec, 0)]
+    (a,) = eng.Engine(model, LORA, eng.EngineConfig(slots=1, max_tokens_per_step=128)).run(flat)
+    (c,) = eng.Engine(model, LORA, eng.EngineConfig(slots=1, max_tokens_per_step=128, loss_mode="compat_padding",
+                                                    compat_length=L)).run(plain)
+    np.testing.assert_allclose(a.losses, c.losses, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(a.lora.weights), jax.tree.leaves(c.lora.weights)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
 
 
 def test_diverging_adapter_is_isolated(model, monkeypatch):

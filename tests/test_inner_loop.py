@@ -119,6 +119,25 @@ def test_loss_modes_and_masks():
     assert p.kv_segment_ids[0, 0].sum() == 5 and p.segment_ids[0, 0].sum() == 32
 
 
+def test_example_pads_are_trained_but_not_attended_to():
+    """Example.pads (the original ARC trainer's padding="longest"): trailing pad tokens in the loss whatever the
+    mask, queries of their sequence but never attention keys; a fully-trained example padded to L is exactly the
+    compat_padding layout at compat_length L."""
+    ex = il.Example((5, 6, 7, 8, 9), (0, 0, 0, 1, 1), pads=3)
+    p = il.build_plan([[ex]], il.TrainSpec(epochs=1), loss_mode="completion", pad_id=2)
+    assert p.tokens.shape[-1] == 16  # the smallest length bucket; positions 8.. belong to no sequence
+    np.testing.assert_array_equal(p.tokens[0, 0, :8], [5, 6, 7, 8, 9, 2, 2, 2])
+    np.testing.assert_array_equal(p.weights[0, 0], [0, 0, 0, 1, 1, 1, 1, 1] + [0] * 8)
+    np.testing.assert_array_equal(p.segment_ids[0, 0], [1] * 8 + [0] * 8)
+    np.testing.assert_array_equal(p.kv_segment_ids[0, 0], [1] * 5 + [0] * 11)
+    np.testing.assert_array_equal(p.positions[0, 0, :8], np.arange(8))
+    a = il.build_plan([[il.Example((5, 6, 7, 8, 9), pads=27)]], il.TrainSpec(epochs=1), loss_mode="all", pad_id=2)
+    b = il.build_plan([[il.Example((5, 6, 7, 8, 9))]], il.TrainSpec(epochs=1), loss_mode="compat_padding", pad_id=2,
+                      compat_length=32)
+    for name in ("tokens", "weights", "segment_ids", "kv_segment_ids", "positions"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
 def test_compat_padding_loss_matches_transformers(hf_tiny):
     """The unmasked-padding mode reproduces HF's loss on a padded example (labels = input_ids, pad keys masked)."""
     import torch

@@ -50,3 +50,17 @@ def test_killed_sft_resumes_mid_epoch(tmp_path):
     np.testing.assert_allclose(losses, full_losses, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(full.weights), jax.tree.leaves(resumed.weights)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
+
+
+def test_pad_to_longest_rows_train_on_eos_pads_without_attending_to_them():
+    """The original ARC behaviour cloning: rows right-padded with eos to the set's longest, pads in the loss."""
+    import dataclasses
+    cfg = dataclasses.replace(sft.SFTConfig(), pad_to_longest=True)
+    rows = sft._rows([[5, 6], [7, 8, 9, 10]], [[11], [12, 13]], 2, cfg, 16)
+    np.testing.assert_array_equal(rows["tokens"][:, :8], [[5, 6, 11, 2, 2, 2, 2, 0], [7, 8, 9, 10, 12, 13, 2, 0]])
+    np.testing.assert_array_equal(rows["weights"][:, :8], [[0, 0, 1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 0]])
+    np.testing.assert_array_equal(rows["segment_ids"][:, :8], [[1] * 7 + [0]] * 2)
+    np.testing.assert_array_equal(rows["kv_segment_ids"][:, :8], [[1] * 4 + [0] * 4, [1] * 7 + [0]])
+    plain = sft._rows([[5, 6], [7, 8, 9, 10]], [[11], [12, 13]], 2, sft.SFTConfig(), 16)
+    np.testing.assert_array_equal(plain["weights"][0, :8], [0, 0, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(plain["kv_segment_ids"], plain["segment_ids"])

@@ -94,6 +94,7 @@ class TTTOptions:
     weight_decay: float = 0.0
     trailing_header: bool = False  # original: the training text ends with a second assistant header (trained on)
     double_bos: bool = False  # original: the tokenizer adds a BOS before the template's
+    pad_loss: bool = False  # original: each sequence eos-padded to its data set's longest, the pads in the loss
     length_buckets: tuple[int, ...] | None = None  # training row lengths (None: powers of two)
     seed: int = 0  # LoRA initialisation (shared by all adapters) and the per-configuration shuffling seeds
     slots: int = 16  # engine: adapters trained at once (across tasks); not a result setting
@@ -192,13 +193,19 @@ class TTTData:
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def examples(self, strategy: str) -> list[il.Example]:
-        """The sequences as inner-loop Examples with the loss mask of a self-edit strategy."""
+    def examples(self, strategy: str, pad_loss: bool = False) -> list[il.Example]:
+        """The sequences as inner-loop Examples with the loss mask of a self-edit strategy. pad_loss: the original's
+        padding="longest" (spec 1.3): each sequence followed by pads up to the set's longest, trained on."""
         if strategy not in LOSS_STRATEGIES:
             raise ValueError(f"unknown loss strategy {strategy!r}; expected one of {', '.join(LOSS_STRATEGIES)}")
         if LOSS_MASKS[strategy] == "all":
-            return [il.Example(p + a, (1,) * (len(p) + len(a))) for p, a in zip(self.prompts, self.answers)]
-        return [il.Example.from_prompt_completion(p, a) for p, a in zip(self.prompts, self.answers)]
+            out = [il.Example(p + a, (1,) * (len(p) + len(a))) for p, a in zip(self.prompts, self.answers)]
+        else:
+            out = [il.Example.from_prompt_completion(p, a) for p, a in zip(self.prompts, self.answers)]
+        if pad_loss and out:
+            longest = max(len(e.tokens) for e in out)
+            out = [dataclasses.replace(e, pads=longest - len(e.tokens)) for e in out]
+        return out
 
     def lengths(self) -> list[int]:
         return [len(p) + len(a) for p, a in zip(self.prompts, self.answers)]
@@ -375,7 +382,7 @@ def _prepare(index: int, task: ArcTask, configs: Sequence[SelfEditConfig], opts:
         spec = il.TrainSpec(learning_rate=c.learning_rate, schedule=opts.schedule, warmup_steps=opts.warmup_steps,
                             epochs=epochs, batch_size=opts.batch_size, max_grad_norm=opts.max_grad_norm,
                             weight_decay=opts.weight_decay, seed=seed)
-        jobs.append(eng.Job(d.examples(c.strategy), spec, init_seed=opts.seed, key=(index, slot)))
+        jobs.append(eng.Job(d.examples(c.strategy, opts.pad_loss), spec, init_seed=opts.seed, key=(index, slot)))
     pending = _Pending(index, task, list(configs), slot_of, outcomes, [None] * len(firsts), len(jobs),
                        time.perf_counter() - t0)
     return pending, jobs

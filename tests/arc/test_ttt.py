@@ -182,6 +182,13 @@ def test_loss_masks_with_llama3(llama3):
         assert p[:2] == (128000, 128000)
         assert len(a) == 27 and a[-4:] == (128006, llama3.token_to_id("assistant"), 128007, 271)
     assert ARC_TTT_LORA.scale == 0.125 and ARC_TTT_LORA.targets == ("q", "v", "gate", "up", "down")
+    # --pad-loss original: every sequence padded to the set's longest, the pads trained on
+    padded = data.examples("train_using_output_tokens", pad_loss=True)
+    longest = max(len(e.tokens) for e in out)
+    assert [e.pads for e in padded] == [longest - len(e.tokens) for e in out] and min(e.pads for e in padded) == 0
+    assert any(e.pads for e in padded) and all(e.tokens == o.tokens for e, o in zip(padded, out))
+    toks, w, n = padded[0].laid_out("completion", eot, 8192)
+    assert len(toks) == longest and n == len(out[0].tokens) and (toks[n:] == eot).all() and (w[n:] == 1).all()
 
 
 def test_chunk_unique():

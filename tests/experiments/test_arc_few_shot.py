@@ -131,3 +131,34 @@ def test_fidelity_original_sets_every_original_switch_and_explicit_flags_win():
         assert getattr(clean, key) != value and getattr(orig, key) == value, key
     mixed = arc_few_shot.parse_args(base + ["--fidelity", "original", "--vote", "clean", "--self-edit-attempts", "3"])
     assert (mixed.vote, mixed.self_edit_attempts, mixed.answer_parser) == ("clean", 3, "original")
+
+
+def test_fidelity_original_end_to_end(tmp_path):
+    """--fidelity original on the train and bc phases: a fenced reply is unparseable (strict json.loads), a reply
+    missing its learning rate is a 0-epoch adapter rather than a failed sample, TTT and BC train with eos pads in the
+    loss, and the run directory records the switches."""
+    tok_dir = tmp_path / "tok"
+    tiny_arc_tokenizer(tok_dir)
+    no_lr = _cfg(True, "train_using_output_tokens", 1e-3, 1)
+    del no_lr["training"]["learning_rate"]
+    edits = {"6150a2bd": SELF_EDITS["6150a2bd"][:2], "66e6c45b": [SELF_EDITS["66e6c45b"][1], no_lr]}
+    (tmp_path / "edits.json").write_text(json.dumps(edits))
+    out = str(tmp_path / "run")
+    argv = ["--preset", "tiny-llama", "--tokenizer", str(tok_dir), "--dtype", "float32", "--phases", "train,bc",
+            "--train-tasks", TASKS, "--k-train", "2", "--self-edits", str(tmp_path / "edits.json"),
+            "--lora-rank", "8", "--max-sequences", "8", "--max-tokens", "512", "--length-buckets", "512",
+            "--query-permutations", "0", "--query-augmenters", "transpose", "--bc-include-failures",
+            "--bc-epochs", "1", "--bc-batch-size", "2", "--bc-max-length", "1024", "--no-progress",
+            "--fidelity", "original", "--out", out]
+    assert arc_few_shot.main(argv) == 0
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["fidelity"], cfg["vote"], cfg["pad_loss"], cfg["self_edit_sampling"]) == ("original",) * 4
+    rows = {r["task_id"]: r for r in read_jsonl(os.path.join(out, "train", "evals.jsonl"))}
+    ok, fenced = rows["6150a2bd"]["samples"]
+    assert not ok["failed"] and ok["steps"] > 0
+    assert fenced["failed"] and "not a JSON document" in fenced["failure"]
+    full, zero = rows["66e6c45b"]["samples"]
+    assert not full["failed"] and full["steps"] > 0
+    assert not zero["failed"] and zero["steps"] == 0 and zero["correct"] is False  # the original's 0-epoch adapter
+    bc = json.load(open(os.path.join(out, "bc", "summary.json")))
+    assert bc["pairs"] == 3 and bc["steps"] == 2
