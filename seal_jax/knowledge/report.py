@@ -1,4 +1,10 @@
-"""Results in the original's schema (query_server's run JSON), with confidence intervals and a Markdown summary."""
+"""Results in the original's schema (query_server's run JSON), with confidence intervals and a Markdown summary.
+
+Standard deviations are sample standard deviations (n - 1), as the original's query_server computes every one of
+them with `statistics.stdev`: a completion's ``adapter_std`` (over its repetitions), an article's
+``adapter_std_over_completions``, and the overall ``baseline_std_of_article_means`` and
+``adapter_std_of_article_means`` (0.0 below two values, as there). Each question row also carries ``gain``:
+adapter_correct - baseline_correct (+1, 0 or -1, the TTT server's per-question ``gains``)."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 def _std(xs: Sequence[float]) -> float:
-    return float(statistics.pstdev(xs)) if len(xs) > 1 else 0.0
+    return float(statistics.stdev(xs)) if len(xs) > 1 else 0.0
 
 
 def ci95(values: Sequence[float]) -> float | None:
@@ -46,7 +52,8 @@ def single_passage_results(passages: Sequence[Passage], baseline: dict[int, dict
                 for qi, q in enumerate(p.questions):
                     questions.append({"rep": r["rep"], "question": q.question, "answer": q.answer,
                                       "baseline_answer": base["answers"][qi], "adapter_answer": r["answers"][qi],
-                                      "baseline_correct": base["correct"][qi], "adapter_correct": r["correct"][qi]})
+                                      "baseline_correct": base["correct"][qi], "adapter_correct": r["correct"][qi],
+                                      "gain": int(r["correct"][qi]) - int(base["correct"][qi])})
             completions.append({
                 "text": p.completions[ci] if ci < len(p.completions) else "",
                 "stats": {"baseline_mean": base_acc, "baseline_std": 0.0, "adapter_mean": _mean(adapter),
