@@ -204,6 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--seal-ttt-base", default="policy", choices=["policy", "base"],
                    help="TTT/inference base of the seal phase: the merged policy (original) or the base model")
     g = ap.add_argument_group("fidelity")
+    g.add_argument("--prompts", default=None,
+                   help="the original's prompt wording (self-edit system message and instruction, TTT/inference "
+                        "instruction) from a file written by `python -m experiments.import_seal_prompts`")
     g.add_argument("--fidelity", default="clean", choices=["clean", "original"],
                    help="original: every switch above that restores the original's behaviour at once (" +
                         ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in ORIGINAL.items()) +
@@ -261,6 +264,7 @@ class Context:
     eval_tasks: list
     oracle_configs: list
     units_left: int | None = None
+    prompts: Any = None  # seal_jax.original_prompts.SealPrompts from --prompts, or None (our wording)
 
     def tick(self) -> None:
         """One work unit (a task of a TTT or ICL phase) finished."""
@@ -323,6 +327,11 @@ def load_context(args) -> Context:
     from seal_jax.lora import LoraConfig
     from seal_jax.tokenizer import CHAT_TEMPLATES, Tokenizer
 
+    from seal_jax.original_prompts import PromptsError, load as load_prompts
+    try:  # a bad prompts file stops the run before any work
+        prompts = load_prompts(args.prompts) if args.prompts else None
+    except PromptsError as e:
+        raise SystemExit(f"error: {e}") from None
     run = RunDir(args.out, vars(args), resume_free=_RESUME_FREE)
     train_tasks, eval_tasks = load_tasks(args)
     tokenizer = Tokenizer.from_dir(args.tokenizer or args.model)
@@ -348,12 +357,14 @@ def load_context(args) -> Context:
                          batch_size=args.ttt_batch_size, max_steps=args.max_steps, warmup_steps=args.warmup_steps,
                          max_grad_norm=args.max_grad_norm, trailing_header=args.trailing_header,
                          double_bos=args.double_bos, pad_loss=args.pad_loss == "original",
+                         **(dict(instruction=_ttt_instruction(prompts)) if prompts else {}),
                          length_buckets=buckets, seed=args.seed,
                          slots=args.adapters_per_batch or 16, tokens_per_step=args.tokens_per_step)
         inference = InferenceOptions(permute_n=args.query_permutations, augmenters=_names(args.query_augmenters),
                                      seed=0, max_tokens=args.max_tokens,
                                      answer_max_tokens=args.answer_max_tokens or None, parser=args.answer_parser,
-                                     prompt_buckets=buckets, max_rows=args.max_rows, vote=args.vote)
+                                     prompt_buckets=buckets, max_rows=args.max_rows, vote=args.vote,
+                                     **(dict(instruction=_ttt_instruction(prompts)) if prompts else {}))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     oracle = oracle_configs(args)
@@ -368,18 +379,25 @@ def load_context(args) -> Context:
     run.event("start", phases=list(_names(args.phases)), devices=jax.device_count(),
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(args, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,
-                   args.stop_after_units)
+                   args.stop_after_units, prompts)
+
+
+def _ttt_instruction(prompts) -> str:
+    """The original's TTT paragraph ends with a newline, which our layout (`grids.ttt_messages`) adds itself."""
+    return prompts.arc_ttt_instruction.removesuffix("\n")
 
 
 # ------------------------------------------------------------------------------------------------ self-edits
-def self_edit_prompt_ids(tokenizer, task, double_bos: bool = False) -> list[int]:
+def self_edit_prompt_ids(tokenizer, task, double_bos: bool = False, prompts=None) -> list[int]:
     """The policy's prompt: the original's hand-built Llama-3 string (no chat template, no date preamble) when the
     vocabulary has Llama-3's header tokens, else the same turns through the tokenizer's chat template."""
     from seal_jax import arc
+    words = {} if prompts is None else dict(instruction=prompts.arc_self_edit_instruction,
+                                            system=prompts.arc_system_message)
     if tokenizer.token_to_id("<|start_header_id|>") is not None:
         bos = tokenizer.hf.bos_token or ""
-        return tokenizer.encode(arc.self_edit_prompt(task, bos=bos), add_bos=double_bos)
-    return tokenizer.apply_chat_template(arc.self_edit_messages(task))
+        return tokenizer.encode(arc.self_edit_prompt(task, bos=bos, **words), add_bos=double_bos)
+    return tokenizer.apply_chat_template(arc.self_edit_messages(task, **words))
 
 
 def _sample_record(j: int, text: str, attempts: int, source: str, sampling: str = "clean") -> dict:
@@ -421,7 +439,7 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
     if injected:
         samples = _injected(injected, tasks, k, a.self_edit_sampling)
     else:
-        prompts = {t.task_id: self_edit_prompt_ids(ctx.tokenizer, t, a.double_bos) for t in tasks}
+        prompts = {t.task_id: self_edit_prompt_ids(ctx.tokenizer, t, a.double_bos, ctx.prompts) for t in tasks}
         records: dict[tuple[str, int], dict] = {}
         pending = [(t.task_id, j) for t in tasks for j in range(k)]
         for attempt in range(a.self_edit_attempts):
@@ -605,7 +623,7 @@ def bc_phase(ctx: Context):
         ctx.run.event("bc_skipped", reason="no self-edit to clone")
         return None
     t0 = time.perf_counter()
-    prompts = [self_edit_prompt_ids(ctx.tokenizer, by_id[p["task_id"]], a.double_bos) for p in pairs]
+    prompts = [self_edit_prompt_ids(ctx.tokenizer, by_id[p["task_id"]], a.double_bos, ctx.prompts) for p in pairs]
     completions = [ctx.tokenizer.encode(p["completion"], add_bos=False) for p in pairs]
     cfg = sft.SFTConfig(lora=LoraConfig(rank=a.bc_rank, alpha=a.bc_alpha, targets=_names(a.bc_targets)),
                         learning_rate=a.bc_lr, epochs=a.bc_epochs, batch_size=a.bc_batch_size, schedule="cosine",

@@ -83,6 +83,9 @@ def add_common(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--judge-model", default=None, help="HF dir of the LLM judge (--grader llm; default: --model)")
     g.add_argument("--openai-base-url", default=None)
     g.add_argument("--openai-model", default="gpt-4.1")
+    g.add_argument("--prompts", default=None,
+                   help="the original's self-edit and grading prompts (--grader llm/openai) from a file written by "
+                        "`python -m experiments.import_seal_prompts`")
     g = ap.add_argument_group("run")
     g.add_argument("--out", required=True, help="run directory")
     g.add_argument("--mesh", default=None, help="ADAPTER,MODEL device mesh (default: one device)")
@@ -174,6 +177,7 @@ class Context:
     grade: Any
     ttt: Any
     mesh: Any = None
+    prompts: Any = None  # seal_jax.original_prompts.SealPrompts from --prompts, or None (our wording)
 
 
 def load_context(args) -> Context:
@@ -188,6 +192,13 @@ def load_context(args) -> Context:
     if args.distributed:
         from seal_jax import distributed
         distributed.initialize()
+    from seal_jax.original_prompts import PromptsError, load as load_prompts
+    try:  # a bad prompts file stops the run before any work
+        prompts = load_prompts(args.prompts) if args.prompts else None
+        if prompts is not None and args.command != "cpt":
+            prompts.self_edit_template(args.prompt_variant)
+    except PromptsError as e:
+        raise SystemExit(f"error: {e}") from None
     run = RunDir(args.out, vars(args), resume_free=("no_progress", "out", "sft_checkpoint_every"))
     tokenizer = Tokenizer.from_dir(args.tokenizer or args.model)
     if args.model:
@@ -203,12 +214,13 @@ def load_context(args) -> Context:
         a, m = (int(x) for x in args.mesh.split(","))
         mesh = distributed.make_mesh(a, m)
         model = distributed.shard_model(model, mesh)
+    words = {} if prompts is None else {"template": prompts.grade}  # the original's grading prompt
     if args.grader == "llm":
         judge = seal_jax.load_pretrained(args.judge_model, dtype=args.dtype) if args.judge_model else model
         grader = make_grader("llm", model=judge, tokenizer=Tokenizer.from_dir(args.judge_model) if
-                             args.judge_model else tokenizer)
+                             args.judge_model else tokenizer, **words)
     elif args.grader == "openai":
-        grader = make_grader("openai", base_url=args.openai_base_url, model=args.openai_model)
+        grader = make_grader("openai", base_url=args.openai_base_url, model=args.openai_model, **words)
         grader.check()  # an unreachable endpoint stops the run here, not after grading everything False
     else:
         grader = make_grader("offline")
@@ -221,7 +233,7 @@ def load_context(args) -> Context:
                     engine=args.engine, slots=args.slots, tokens_per_step=args.tokens_per_step,
                     adapters_per_batch=args.adapters_per_batch, pack=args.pack)
     run.event("start", command=args.command, devices=jax.device_count(), processes=jax.process_count())
-    return Context(args, run, model, tokenizer, grader.grade, ttt, mesh)
+    return Context(args, run, model, tokenizer, grader.grade, ttt, mesh, prompts)
 
 
 def is_main() -> bool:
@@ -266,7 +278,8 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
         return load_passages(path)
     model = model or ctx.model
     a = ctx.args
-    prompts = [format_self_edit_prompt(p, a.prompt_variant) for p in passages]
+    template = None if ctx.prompts is None else ctx.prompts.self_edit_template(a.prompt_variant)
+    prompts = [format_self_edit_prompt(p, a.prompt_variant, template=template) for p in passages]
     if a.max_self_edit_tokens >= model.config.max_position_embeddings:
         raise SystemExit(f"error: --max-self-edit-tokens {a.max_self_edit_tokens} does not fit the model's "
                          f"{model.config.max_position_embeddings} positions (prompt included); lower it")

@@ -40,7 +40,8 @@ import numpy as np
 from seal_jax import generation
 from seal_jax.arc.augment import AugmentError, Augmenter, Flip, Rotate, Transpose, get_augmenter, make_rng
 from seal_jax.arc.data import ArcExample, ArcTask
-from seal_jax.arc.grids import Grid, OUTPUT_FOOTER, parse_grid_original, parse_model_grid, to_text, ttt_messages
+from seal_jax.arc.grids import (OUTPUT_FOOTER, TTT_INSTRUCTION, Grid, parse_grid_original, parse_model_grid, to_text,
+                                ttt_messages)
 from seal_jax.buckets import bucket
 from seal_jax.lora import Lora
 
@@ -67,6 +68,7 @@ class InferenceOptions:
     prompt_buckets: tuple[int, ...] | None = None  # prompt length buckets for generation (None: powers of two)
     max_rows: int = 64  # generation rows (queries) per call; bounds the KV cache
     vote: str = "clean"  # "clean" (ties to the first seen) or "original" (the original's set/argsort order; `vote`)
+    instruction: str = TTT_INSTRUCTION  # the system message's opening paragraph (the original's from --prompts)
 
     def __post_init__(self):
         object.__setattr__(self, "augmenters", tuple(self.augmenters))
@@ -107,8 +109,8 @@ class Query:
     def key(self) -> tuple:
         return tuple((e.input, e.output) for e in self.demonstrations), self.test_input
 
-    def messages(self) -> list[dict[str, str]]:
-        return ttt_messages(self.demonstrations, self.test_input)
+    def messages(self, instruction: str = TTT_INSTRUCTION) -> list[dict[str, str]]:
+        return ttt_messages(self.demonstrations, self.test_input, instruction=instruction)
 
 
 def _transform(query: Query, name: str) -> Query:
@@ -144,9 +146,10 @@ def leave_one_out_queries(demonstrations: Sequence[ArcExample], test_input: Grid
     return list(out.values())
 
 
-def query_prompt_ids(tokenizer, query: Query) -> list[int]:
+def query_prompt_ids(tokenizer, query: Query, instruction: str = TTT_INSTRUCTION) -> list[int]:
     """Token ids of a query: the chat rendered with the generation header, one BOS (the template's)."""
-    return tokenizer.encode(tokenizer.chat_prompt_text(query.messages(), add_generation_prompt=True), add_bos=False)
+    return tokenizer.encode(tokenizer.chat_prompt_text(query.messages(instruction), add_generation_prompt=True),
+                            add_bos=False)
 
 
 def auto_answer_budget(tokenizer, task: ArcTask) -> int:
@@ -182,7 +185,7 @@ def build_task_queries(tokenizer, task: ArcTask, opts: InferenceOptions = Infere
         for n in (1, 2):
             qs = leave_one_out_queries(task.train, ex.input, n=n, permute_n=opts.permute_n,
                                        augmenters=opts.augmenters, seed=opts.seed)
-            ids = [query_prompt_ids(tokenizer, q) for q in qs]
+            ids = [query_prompt_ids(tokenizer, q, opts.instruction) for q in qs]
             kept = [(q, i) for q, i in zip(qs, ids) if len(i) + budget <= opts.max_tokens]
             if kept or n >= len(task.train):
                 break

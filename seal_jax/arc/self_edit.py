@@ -220,24 +220,26 @@ def _demonstrations(task_or_pairs: Any) -> Sequence[Any]:
     return task_or_pairs.train if hasattr(task_or_pairs, "train") else task_or_pairs
 
 
-def self_edit_user_text(task_or_pairs: Any) -> str:
+def self_edit_user_text(task_or_pairs: Any, instruction: str = SELF_EDIT_INSTRUCTION) -> str:
     """The user turn: demonstrations, separator, instruction block. Accepts an `ArcTask` (its demonstrations) or a
-    sequence of (input, output) pairs."""
-    return self_edit_demonstrations_text(_demonstrations(task_or_pairs)) + SELF_EDIT_SEPARATOR + SELF_EDIT_INSTRUCTION
+    sequence of (input, output) pairs. `instruction`: the block's wording (the original's from `--prompts`)."""
+    return self_edit_demonstrations_text(_demonstrations(task_or_pairs)) + SELF_EDIT_SEPARATOR + instruction
 
 
-def self_edit_messages(task_or_pairs: Any) -> list[dict[str, str]]:
+def self_edit_messages(task_or_pairs: Any, instruction: str = SELF_EDIT_INSTRUCTION,
+                       system: str = SELF_EDIT_SYSTEM_MESSAGE) -> list[dict[str, str]]:
     """System and user messages of the self-edit prompt, for a chat template."""
-    return [{"role": "system", "content": SELF_EDIT_SYSTEM_MESSAGE},
-            {"role": "user", "content": self_edit_user_text(task_or_pairs)}]
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": self_edit_user_text(task_or_pairs, instruction)}]
 
 
-def self_edit_prompt(task_or_pairs: Any, bos: str = "<|begin_of_text|>") -> str:
+def self_edit_prompt(task_or_pairs: Any, bos: str = "<|begin_of_text|>", instruction: str = SELF_EDIT_INSTRUCTION,
+                     system: str = SELF_EDIT_SYSTEM_MESSAGE) -> str:
     """The original's hand-built Llama-3 prompt string (no chat template, no date preamble), ending with the
     assistant header. A tokenizer that adds its own BOS will double it, as the original's vLLM call did."""
     def turn(role: str, content: str) -> str:
         return f"<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>"
-    return (bos + turn("system", SELF_EDIT_SYSTEM_MESSAGE) + turn("user", self_edit_user_text(task_or_pairs))
+    return (bos + turn("system", system) + turn("user", self_edit_user_text(task_or_pairs, instruction))
             + "<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 

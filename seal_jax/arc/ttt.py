@@ -59,7 +59,7 @@ from seal_jax import engine as eng
 from seal_jax import inner_loop as il
 from seal_jax.arc.augment import Augmenter, fits, make_rng, permute_colors, permute_examples
 from seal_jax.arc.data import ArcTask
-from seal_jax.arc.grids import ttt_messages
+from seal_jax.arc.grids import TTT_INSTRUCTION, ttt_messages
 from seal_jax.arc.self_edit import LOSS_STRATEGIES, SelfEditConfig
 from seal_jax.lora import Lora, LoraConfig, init_lora, stack_adapters
 from seal_jax.models.model import Model
@@ -95,6 +95,7 @@ class TTTOptions:
     trailing_header: bool = False  # original: the training text ends with a second assistant header (trained on)
     double_bos: bool = False  # original: the tokenizer adds a BOS before the template's
     pad_loss: bool = False  # original: each sequence eos-padded to its data set's longest, the pads in the loss
+    instruction: str = TTT_INSTRUCTION  # the system message's opening paragraph (the original's from --prompts)
     length_buckets: tuple[int, ...] | None = None  # training row lengths (None: powers of two)
     seed: int = 0  # LoRA initialisation (shared by all adapters) and the per-configuration shuffling seeds
     slots: int = 16  # engine: adapters trained at once (across tasks); not a result setting
@@ -167,11 +168,12 @@ def augmented_tasks(task: ArcTask, augmenters: Sequence[Augmenter], leave_n: Seq
     return out
 
 
-def ttt_text(tokenizer, pseudo: ArcTask, trailing_header: bool = False) -> tuple[str, str]:
+def ttt_text(tokenizer, pseudo: ArcTask, trailing_header: bool = False,
+             instruction: str = TTT_INSTRUCTION) -> tuple[str, str]:
     """(prompt, answer) texts of one TTT sequence: the chat up to and including the assistant header, then the
     answer (grid, ``#``, end-of-turn, and with `trailing_header` the template's extra generation header)."""
     test = pseudo.test[0]
-    messages = ttt_messages(pseudo.train, test.input, test.output)
+    messages = ttt_messages(pseudo.train, test.input, test.output, instruction)
     prompt = tokenizer.chat_prompt_text(messages[:2], add_generation_prompt=True)
     full = tokenizer.chat_prompt_text(messages, add_generation_prompt=trailing_header)
     if not full.startswith(prompt):
@@ -215,7 +217,7 @@ def build_ttt_data(task: ArcTask, augmenters: Sequence[Augmenter], tokenizer, op
                    ) -> TTTData:
     """The TTT set of one configuration's augmenters: pseudo-tasks -> chat texts -> tokens -> filter -> cap."""
     pseudo = augmented_tasks(task, augmenters, opts.leave_n, opts.permute_n, opts.data_seed)
-    texts = [ttt_text(tokenizer, t, opts.trailing_header) for t in pseudo]
+    texts = [ttt_text(tokenizer, t, opts.trailing_header, opts.instruction) for t in pseudo]
     prompts = tokenizer.batch_encode([p for p, _ in texts], add_bos=opts.double_bos)
     answers = tokenizer.batch_encode([a for _, a in texts], add_bos=False)
     keep = [i for i in range(len(pseudo)) if len(prompts[i]) + len(answers[i]) < opts.max_tokens]

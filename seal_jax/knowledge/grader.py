@@ -744,8 +744,9 @@ _NO_RE = re.compile(r"\bno\b", re.IGNORECASE)
 
 
 def build_grade_prompt(question: str, gold: str, prediction: str, template: str = GRADE_TEMPLATE) -> str:
-    """The judge prompt for one row (the prediction is stripped, as in the original)."""
-    return template.format(question=question, gold=gold, prediction=prediction.strip())
+    """The judge prompt for one row (the prediction is stripped, as in the original). The template names the
+    prediction {prediction} (ours) or {pred} (the original's SQUAD_GRADE_TEMPLATE, from `--prompts`)."""
+    return template.format(question=question, gold=gold, prediction=prediction.strip(), pred=prediction.strip())
 
 
 def parse_verdict(reply: str | None) -> bool:

@@ -136,6 +136,8 @@ KNOWLEDGE = [  # (id, extra argv (with {placeholders} from the files fixture), w
     ("openai-endpoint-unreachable", ["--grader", "openai", "--openai-base-url", "http://127.0.0.1:9/v1"],
      "127.0.0.1:9"),
     ("llm-judge-missing", ["--grader", "llm", "--judge-model", "{dir}/no_judge"], "no_judge"),
+    ("prompts-file-missing", ["--prompts", "{dir}/no_prompts.json"], "no_prompts.json"),
+    ("prompts-file-incomplete", ["--prompts", "{object}"], "missing prompt"),
 ]
 
 ARC = [
@@ -154,6 +156,7 @@ ARC = [
     ("self-edits-lack-the-task", ["--self-edits", "{edits_other}"], "aaaa0001"),
     ("oracle-configs-empty", ["--oracle-configs", "{oracle_empty}"], "oracle_empty.json"),
     ("model-dir-missing", ["--model", "{dir}/no_model"], "no_model"),
+    ("prompts-file-not-json", ["--prompts", "{bad_json}"], "bad.json"),
 ]
 
 
