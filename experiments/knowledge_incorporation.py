@@ -214,7 +214,7 @@ def load_context(args) -> Context:
         a, m = (int(x) for x in args.mesh.split(","))
         mesh = distributed.make_mesh(a, m)
         model = distributed.shard_model(model, mesh)
-    words = {} if prompts is None else {"template": prompts.grade}  # the original's grading prompt
+    words = {} if prompts is None or args.grader == "offline" else {"template": prompts.grade}  # the original's
     if args.grader == "llm":
         judge = seal_jax.load_pretrained(args.judge_model, dtype=args.dtype) if args.judge_model else model
         grader = make_grader("llm", model=judge, tokenizer=Tokenizer.from_dir(args.judge_model) if
@@ -233,7 +233,12 @@ def load_context(args) -> Context:
                     engine=args.engine, slots=args.slots, tokens_per_step=args.tokens_per_step,
                     adapters_per_batch=args.adapters_per_batch, pack=args.pack)
     run.event("start", command=args.command, devices=jax.device_count(), processes=jax.process_count())
-    return Context(args, run, model, tokenizer, grader.grade, ttt, mesh, prompts)
+    grade = grader.grade
+    if words:  # the original's grading prompt holds "Topic: {title}" before each question
+        import functools
+        grade = functools.partial(grader.grade)
+        grade.topic_questions = True
+    return Context(args, run, model, tokenizer, grade, ttt, mesh, prompts)
 
 
 def is_main() -> bool:

@@ -127,3 +127,24 @@ def test_bad_checkouts_and_files_are_one_line_errors(tmp_path, capsys):
     bad.write_text(json.dumps(data))
     with pytest.raises(PromptsError, match=r"\{pred\}"):
         load(str(bad))
+
+
+def test_original_grading_gets_topic_questions():
+    """With the original's grading prompt the grader sees "Topic: {title}\n{question}", as the original's did."""
+    import functools
+
+    from seal_jax.knowledge.data import Passage, Question
+    from seal_jax.knowledge.ttt import grade_passage
+
+    seen = []
+
+    def grade(qs, golds, preds):
+        seen.append(list(qs))
+        return [True] * len(qs)
+
+    passage = Passage("Title", "ctx", (Question("Who?", "me"),))
+    grade_passage(grade, passage, ["me"])
+    topic = functools.partial(grade)
+    topic.topic_questions = True
+    grade_passage(topic, passage, ["me"])
+    assert seen == [["Who?"], ["Topic: Title\nWho?"]]

@@ -23,7 +23,7 @@ from seal_jax import engine as eng
 from seal_jax.buckets import batch_bucket
 from seal_jax import generation, inner_loop as il
 from seal_jax.knowledge.data import Passage
-from seal_jax.knowledge.prompts import format_answer_prompts
+from seal_jax.knowledge.prompts import format_answer_prompts, topic_question
 from seal_jax.knowledge.sequences import build_train_sequences
 from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 from seal_jax.models.model import Model
@@ -95,7 +95,12 @@ def _decode_all(tokenizer, outputs: Sequence[Sequence[int]]) -> list[str]:
 
 
 def grade_passage(grade: GradeFn, passage: Passage, answers: Sequence[str]) -> list[bool]:
-    qs = [q.question for q in passage.questions]
+    """Grade one passage's answers. A grade function with a true ``topic_questions`` attribute (the original's
+    grading prompt, `--prompts`) gets each question as the original's graders did: ``Topic: {title}\n{question}``."""
+    if getattr(grade, "topic_questions", False):
+        qs = [topic_question(passage.title, q.question) for q in passage.questions]
+    else:
+        qs = [q.question for q in passage.questions]
     golds = [q.answer for q in passage.questions]
     return list(grade(qs, golds, list(answers)))
 
