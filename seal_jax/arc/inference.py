@@ -219,11 +219,21 @@ def decode_prediction(text: str, query: Query, parser: str = "model") -> Predict
 
 
 def _answer_calls(rows: list[tuple[list[int], int, int]], max_rows: int, prompt_buckets) -> list[list[int]]:
-    """Indices of `rows` (prompt, adapter, budget) per generation call: rows ordered by (prompt-length bucket,
-    answer budget), then cut every `max_rows` rows, so a call's prompts share a length bucket and its decode loop
-    runs to budgets alike, whichever tasks or adapters they come from."""
-    order = sorted(range(len(rows)), key=lambda i: (bucket(len(rows[i][0]), prompt_buckets), rows[i][2], i))
-    return [order[s:s + max_rows] for s in range(0, len(order), max_rows)]
+    """Indices of `rows` (prompt, adapter, budget) per generation call, whichever tasks or adapters they come from:
+    rows grouped by answer-budget bucket (a call decodes to its largest budget's bucket, and decoding dominates, so
+    a call never mixes budget buckets), ordered within a group by prompt-length bucket and budget, and cut every
+    `max_rows` rows."""
+    def budget_bucket(i):
+        return bucket(rows[i][2], minimum=1)
+
+    order = sorted(range(len(rows)), key=lambda i: (budget_bucket(i), bucket(len(rows[i][0]), prompt_buckets),
+                                                    rows[i][2], i))
+    calls: list[list[int]] = []
+    for i in order:
+        if not calls or len(calls[-1]) == max_rows or budget_bucket(calls[-1][0]) != budget_bucket(i):
+            calls.append([])
+        calls[-1].append(i)
+    return calls
 
 
 def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: InferenceOptions = InferenceOptions(),

@@ -265,12 +265,15 @@ def test_chunked_adapter_calls_match_one_call(tmp_path):
     assert len(base[0][0]) == 4 and all(isinstance(p, Prediction) for p in base[0][0])
 
 
-def test_answer_calls_group_rows_by_prompt_bucket_then_budget():
+def test_answer_calls_never_mix_budget_buckets():
+    """Calls group rows by answer-budget bucket (a call decodes to its largest), then prompt bucket, then cut at
+    max_rows: budgets 10, 20, 50, 50, 90 fall in buckets 16, 32, 64, 64, 128."""
     from seal_jax.arc.inference import _answer_calls
 
-    rows = [([1] * 300, 0, 50), ([1] * 40, 1, 90), ([1] * 600, 2, 10), ([1] * 50, 0, 20), ([1] * 290, 1, 50)]
+    rows = [([1] * 300, 0, 50), ([1] * 40, 1, 90), ([1] * 600, 2, 10), ([1] * 50, 0, 20), ([1] * 290, 1, 50),
+            ([1] * 30, 2, 60)]
     calls = _answer_calls(rows, max_rows=2, prompt_buckets=(64, 512, 1024))
-    assert calls == [[3, 1], [0, 4], [2]]  # 64-bucket rows (budget 20 before 90), the 512 pair, then the 1024 row
+    assert calls == [[2], [3], [5, 0], [4], [1]]  # bucket 64: the 64-token prompt first, then cut at 2 rows
     assert sorted(i for c in calls for i in c) == list(range(len(rows)))  # every row once
 
 
