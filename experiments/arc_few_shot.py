@@ -114,6 +114,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from seal_jax.arc.inference import VOTES
+    from seal_jax.arc.self_edit import SAMPLING
     ap = ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("model")
@@ -141,7 +143,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max-self-edit-tokens", type=int, default=128)
     g.add_argument("--self-edit-attempts", type=int, default=1,
                    help="samples per self-edit slot until one parses (the original resampled without limit)")
-    g.add_argument("--self-edit-sampling", default="clean", choices=["clean", "original"],
+    g.add_argument("--self-edit-sampling", default="clean", choices=list(SAMPLING),
                    help="read replies leniently, a reply missing a field a failed sample (clean); or as the original: "
                         "strict json.loads (else resampled), missing fields or an unknown strategy -> a 0-epoch "
                         "adapter, booleans by truthiness (seal_jax.arc.parse_self_edit_original)")
@@ -180,7 +182,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--query-augmenters", default="transpose,flip_0,flip_1,rotate_90,rotate_180")
     g.add_argument("--answer-max-tokens", type=int, default=0, help="new tokens per answer (0: per-task auto)")
     g.add_argument("--answer-parser", default="model", choices=["model", "original"])
-    g.add_argument("--vote", default="clean", choices=["clean", "original"],
+    g.add_argument("--vote", default="clean", choices=list(VOTES),
                    help="attempt voting: ties to the answer seen first (clean), or the original's set/argsort order, "
                         "which on a tie for first place gives the row/column-majority grid as the second attempt")
     g.add_argument("--max-rows", type=int, default=64,
@@ -403,7 +405,7 @@ def self_edit_prompt_ids(tokenizer, task, double_bos: bool = False, prompts=None
 def _sample_record(j: int, text: str, attempts: int, source: str, sampling: str = "clean") -> dict:
     from seal_jax.arc import SelfEditError, parse_self_edit, parse_self_edit_original
     try:
-        cfg = parse_self_edit(text) if sampling == "clean" else parse_self_edit_original(text)
+        cfg = parse_self_edit_original(text) if sampling == "original" else parse_self_edit(text)
         return {"sample": j, "text": text, "config": cfg.to_dict(), "error": None,
                 "sample_attempts": attempts, "source": source}
     except SelfEditError as e:

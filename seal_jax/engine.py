@@ -141,16 +141,10 @@ class _Active:
 def _sequences(examples: Sequence[il.Example], cfg: EngineConfig) -> list[_Seq]:
     out = []
     for ex in examples:
-        if cfg.loss_mode == "compat_padding":
-            toks = list(ex.tokens[:cfg.compat_length])
-            n, L = len(toks), cfg.compat_length
-            t = np.full(L, cfg.pad_id, np.int32)
-            t[:n] = toks
-            keys = np.zeros(L, bool)
-            keys[:n] = True
-            out.append(_Seq(t, np.ones(L, np.float32), keys))  # labels = input_ids, pads included
-            continue
-        toks, w, n = ex.laid_out(cfg.loss_mode, cfg.pad_id, cfg.max_length)
+        if cfg.loss_mode == "compat_padding":  # labels = input_ids, pads included (il.compat_padded)
+            toks, w, n = il.compat_padded(ex, cfg.compat_length).laid_out("all", cfg.pad_id, cfg.compat_length)
+        else:
+            toks, w, n = ex.laid_out(cfg.loss_mode, cfg.pad_id, cfg.max_length)
         keys = np.zeros(len(toks), bool)
         keys[:n] = True  # an example's trailing pads (Example.pads) are in the loss but not attention keys
         out.append(_Seq(toks, w, keys))

@@ -149,26 +149,20 @@ class TrainPlan:
         return shard_adapter_tree(host, mesh)
 
 
+def compat_padded(ex: Example, compat_length: int) -> Example:
+    """The original SEAL trainer's example (loss mode "compat_padding"): right-padded with the pad id to
+    `compat_length` (cut there when longer), every label trained, pads not attention keys. Lay it out with loss mode
+    "all" and max_length = compat_length."""
+    return dataclasses.replace(ex, pads=max(compat_length - len(ex.tokens), 0))
+
+
 def _rows_for(examples: Sequence[Example], loss_mode: str, pad_id: int, max_length: int, compat_length: int,
               pack: bool, length: int):
     """One adapter's examples -> list of (tokens, weights, seg, kv_seg, pos) rows, each `length` long."""
     rows = []
-    if loss_mode == "compat_padding":
-        for ex in examples:
-            toks = list(ex.tokens[:compat_length])
-            n = len(toks)
-            tok = np.full(length, pad_id, np.int32)
-            tok[:n] = toks
-            w = np.zeros(length, np.float32)
-            w[:compat_length] = 1.0  # labels = input_ids, pads included
-            seg = np.zeros(length, np.int32)
-            seg[:compat_length] = 1  # every position up to compat_length is a query of the sequence
-            kv = np.zeros(length, np.int32)
-            kv[:n] = 1  # but pad positions are not attention keys (attention_mask 0)
-            pos = np.zeros(length, np.int32)
-            pos[:compat_length] = np.arange(compat_length)
-            rows.append((tok, w, seg, kv, pos))
-        return rows
+    if loss_mode == "compat_padding":  # one example per row, padded to compat_length, every position trained
+        examples = [compat_padded(ex, compat_length) for ex in examples]
+        loss_mode, max_length, pack = "all", compat_length, False
 
     def new_row():
         return [np.zeros(length, np.int32), np.zeros(length, np.float32), np.zeros(length, np.int32),

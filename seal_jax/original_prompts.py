@@ -124,10 +124,9 @@ def _validate(data: Any, source: str) -> None:
         raise PromptsError(f"{source}: missing prompt(s) {', '.join(missing)}")
     for key in SOURCES:
         value = data[key]
-        texts = value.values() if key == "knowledge_self_edit" and isinstance(value, dict) else [value]
         if key == "knowledge_self_edit" and (not isinstance(value, dict) or not value):
             raise PromptsError(f"{source}: {key} must map prompt variants to templates")
-        for text in texts:
+        for text in (value.values() if key == "knowledge_self_edit" else [value]):
             if not isinstance(text, str) or not text:
                 raise PromptsError(f"{source}: {key} must be a non-empty string")
             lacking = [s for s in _SLOTS.get(key, ()) if s not in text]

@@ -311,7 +311,7 @@ def append_jsonl(path: str, rows: Sequence[dict]) -> None:
         if not whole:
             read_jsonl(path)
     with open(path, "a") as f:
-        for i, r in enumerate(rows):
+        for r in rows:
             line = json.dumps(r) + "\n"
             _maybe_die(lambda: (f.write(line[:len(line) // 2]), f.flush(), os.fsync(f.fileno())))
             f.write(line)
@@ -360,8 +360,7 @@ def resume_records(path: str, items: Sequence, *, key: Callable[[Any], str], rec
 
 def _log_records(path: str, record_key: str, keys: list) -> None:
     """A `records` event in the open run's log after each durable append (file relative to the run, the key field,
-    the keys), so that
-    what a run computed, across kills and resumptions, can be counted from events.jsonl."""
+    the keys), so that what a run computed, across kills and resumptions, can be counted from events.jsonl."""
     run = _OPEN_RUN[0]
     real = os.path.realpath(path)
     if run is not None and real.startswith(run.path + os.sep):

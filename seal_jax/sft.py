@@ -57,17 +57,17 @@ def _rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]
     longest = max(min(len(p) + len(c) + (eos_id is not None), cfg.max_length) for p, c in zip(prompts, completions))
     out["kv_segment_ids"] = np.zeros((n, length), np.int32)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        c = list(c) + ([eos_id] if eos_id is not None else [])
-        toks = (list(p) + c)[:cfg.max_length]
-        m = ([0 if cfg.completion_only else 1] * len(p) + [1] * len(c))[:cfg.max_length]
+        c = tuple(c) + ((eos_id,) if eos_id is not None else ())
+        n_own = min(len(p) + len(c), cfg.max_length)
+        # eos pads up to the set's longest row (pad_to_longest): trained on, not attended to (il.Example.pads)
+        ex = il.Example(tuple(p) + c, (0 if cfg.completion_only else 1,) * len(p) + (1,) * len(c),
+                        pads=longest - n_own if cfg.pad_to_longest else 0)
+        toks, w, keys = ex.laid_out("completion", eos_id if eos_id is not None else 0, cfg.max_length)
         L = len(toks)
-        out["kv_segment_ids"][i, :L] = 1
-        if cfg.pad_to_longest:  # eos pads up to the set's longest row: trained on, not attended to
-            toks, m = toks + [eos_id] * (longest - L), m + [1] * (longest - L)
-            L = longest
         out["tokens"][i, :L] = toks
-        out["weights"][i, :L] = m
+        out["weights"][i, :L] = w
         out["segment_ids"][i, :L] = 1
+        out["kv_segment_ids"][i, :keys] = 1
         out["positions"][i, :L] = np.arange(L)
     return out
 

@@ -36,7 +36,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
 from seal_jax import generation
 from seal_jax.arc.augment import AugmentError, Augmenter, Flip, Rotate, Transpose, get_augmenter, make_rng
 from seal_jax.arc.data import ArcExample, ArcTask
@@ -241,9 +240,10 @@ def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: Infere
     """Greedy answers to every group's queries: group g with adapter g of `lora` (a batch of len(groups)), or all
     groups with the base model when `lora` is None. A None group is skipped (its result is None).
 
-    Every query of every group is one row with its own adapter and its own task's answer budget; rows are ordered by
-    prompt-length bucket and budget and answered `opts.max_rows` at a time (`generation.generate`, each row tagged
-    with its adapter in the whole bank, so the bank's shape never changes between calls). A row's answer does not
+    Every query of every group is one row with its own adapter and its own task's answer budget; rows are grouped
+    into calls of at most `opts.max_rows` by `_answer_calls` (one answer-budget bucket per call) and answered with
+    `generation.generate`, each row tagged with its adapter in the whole bank, so the bank's shape never changes
+    between calls. A row's answer does not
     depend on which rows share its call. Returns, per group, per test input, the predictions in query order."""
     stop = tokenizer.stop_token_ids
     if lora is not None and lora.num_adapters != len(groups):
@@ -305,24 +305,6 @@ def _row_majority(outputs: Sequence[Grid], transpose: bool = False) -> Grid:
     return _transpose(grid) if transpose else grid
 
 
-def _top3(outputs: Sequence[Grid]) -> tuple[Grid | None, Grid | None, Grid | None]:
-    """The original's ``get_all_type_of_votingsv2``: most common, 2nd and 3rd most common, with missing ones filled
-    by the row-wise then the column-wise majority grid."""
-    if not outputs:
-        return None, None, None
-    ranked = _ranked(outputs)
-    first = ranked[0]
-    second = ranked[1] if len(ranked) > 1 else first
-    third = ranked[2] if len(ranked) > 2 else first
-    row = _row_majority(outputs)
-    col = _row_majority(outputs, transpose=True)
-    if second == first:
-        second = row if row != first else col
-    if third in (first, second):
-        third = row if row not in (first, second) else col
-    return first, second, third
-
-
 def _as_grid(array) -> Grid:
     return tuple(tuple(int(v) for v in row) for row in array.tolist())
 
@@ -341,25 +323,34 @@ def _row_majority_original(outputs: Sequence[Grid], transpose: bool = False) -> 
     return _as_grid(grid.T if transpose else grid)
 
 
-def _top3_original(outputs: Sequence[Grid]) -> tuple[Grid | None, Grid | None, Grid | None]:
-    """``get_all_type_of_votingsv2`` computed as the original does: distinct outputs in Python's set order, the most
-    common by ``np.argmax`` (the first maximum in that order), the 2nd and 3rd by ``np.argsort`` of the counts (whose
-    last places hold the later maxima). So when two outputs tie for first place the "2nd" is the 1st again and is
-    replaced by the row-majority (else column-majority) grid: the runner-up is not an attempt."""
+def _top3(outputs: Sequence[Grid], original: bool = False) -> tuple[Grid | None, Grid | None, Grid | None]:
+    """The original's ``get_all_type_of_votingsv2``: most common, 2nd and 3rd most common, with missing ones filled
+    by the row-wise then the column-wise majority grid.
+
+    original=False ranks distinct outputs by count, ties to the first seen. original=True computes the ranking as
+    the original does: distinct outputs in Python's set order, the most common by ``np.argmax`` (the first maximum in
+    that order), the 2nd and 3rd by ``np.argsort`` of the counts (whose last places hold the later maxima), and the
+    majority grids by `_row_majority_original`. So when two outputs tie for first place the original's "2nd" is the
+    1st again and is replaced by the row-majority (else column-majority) grid: the runner-up is not an attempt."""
     if not outputs:
         return None, None, None
     outputs = list(outputs)
-    unique = list(set(outputs))
-    counts = [outputs.count(o) for o in unique]
-    first = unique[int(np.argmax(counts))]
-    second = third = first
-    row = _row_majority_original(outputs)
-    col = _row_majority_original(outputs, transpose=True)
-    order = np.argsort(counts)
-    if len(unique) > 2:
-        second, third = unique[order[-2]], unique[order[-3]]
-    elif len(unique) > 1:
-        second = unique[order[-2]]
+    if original:
+        unique = list(set(outputs))
+        counts = [outputs.count(o) for o in unique]
+        order = np.argsort(counts)
+        first = unique[int(np.argmax(counts))]
+        second = unique[order[-2]] if len(unique) > 1 else first
+        third = unique[order[-3]] if len(unique) > 2 else first
+        majority = _row_majority_original
+    else:
+        ranked = _ranked(outputs)
+        first = ranked[0]
+        second = ranked[1] if len(ranked) > 1 else first
+        third = ranked[2] if len(ranked) > 2 else first
+        majority = _row_majority
+    row = majority(outputs)
+    col = majority(outputs, transpose=True)
     if second == first:
         second = row if row != first else col
     if third in (first, second):
@@ -371,11 +362,11 @@ def vote(predictions: Sequence[tuple[Grid, str]], mode: str = "clean") -> tuple[
     """Two attempts from (grid, category) predictions (the original's ``vote``); (None, None) without any.
 
     mode "clean": counting ties go to the answer seen first, so on a tie for first place the runner-up is the
-    second attempt. "original": the original's order of distinct answers (`_top3_original`), which on such a tie
-    gives the row/column-majority grid as the second attempt instead."""
+    second attempt. "original": the original's order of distinct answers (`_top3(original=True)`), which on such a
+    tie gives the row/column-majority grid as the second attempt instead."""
     if mode not in VOTES:
         raise ValueError(f"unknown vote {mode!r}; expected one of {', '.join(VOTES)}")
-    top3 = _top3 if mode == "clean" else _top3_original
+    original = mode == "original"
     by_category: dict[str, list[Grid]] = {}
     for grid, category in predictions:
         by_category.setdefault(category, []).append(grid)
@@ -383,10 +374,10 @@ def vote(predictions: Sequence[tuple[Grid, str]], mode: str = "clean") -> tuple[
     candidates: list[Grid] = []
     for key in VOTE_CATEGORIES:
         if by_category.get(key):
-            candidates += [c for c in top3(by_category[key]) if c is not None]
+            candidates += [c for c in _top3(by_category[key], original) if c is not None]
     if not candidates:
         return None, None
-    c1, c2, c3 = top3(candidates)
+    c1, c2, c3 = _top3(candidates, original)
     if candidates.count(c2) == candidates.count(c3) and "identity" in by_category:
         identity = by_category["identity"]
         if identity.count(c2) > identity.count(c3):
