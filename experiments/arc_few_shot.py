@@ -147,6 +147,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="read replies leniently, a reply missing a field a failed sample (clean); or as the original: "
                         "strict json.loads (else resampled), missing fields or an unknown strategy -> a 0-epoch "
                         "adapter, booleans by truthiness (seal_jax.arc.parse_self_edit_original)")
+    g.add_argument("--skip-repeated-configs", action="store_true",
+                   help="resample a reply whose configuration was already sampled for its task (the original's "
+                        "--skip_repeated_configs; within --self-edit-attempts, else a failed sample with that reason)")
     g.add_argument("--double-bos", action="store_true",
                    help="the original's double BOS in self-edit prompts, TTT and BC sequences")
     g.add_argument("--self-edits", default=None,
@@ -413,7 +416,7 @@ def _sample_record(j: int, text: str, attempts: int, source: str, sampling: str 
                 "source": source}
 
 
-def _injected(path: str, tasks, k: int, sampling: str = "clean") -> dict[str, list[dict]]:
+def _injected(path: str, tasks, k: int, sampling: str = "clean", skip_repeated: bool = False) -> dict[str, list[dict]]:
     from seal_jax.arc.data import _read_json
     data = _read_json(path)
     if not isinstance(data, dict):
@@ -425,7 +428,27 @@ def _injected(path: str, tasks, k: int, sampling: str = "clean") -> dict[str, li
             raise SystemExit(f"error: {path} has no self-edits for task {t.task_id}")
         out[t.task_id] = [_sample_record(j, x if isinstance(x, str) else json.dumps(x), 1, "file", sampling)
                           for j, x in enumerate(texts[:k])]
+        if skip_repeated:  # a file cannot be resampled: a repeat is a failed sample
+            _drop_repeats({(t.task_id, r["sample"]): r for r in out[t.task_id]}, {t.task_id: set()}, sampling)
     return out
+
+
+def _drop_repeats(fresh: dict[tuple[str, int], dict], seen: dict[str, set[str]], sampling: str) -> None:
+    """--skip-repeated-configs: a reply that repeats a configuration already kept for its task (earlier, or in a
+    lower slot of this round) becomes an unparsed sample, so its slot is resampled like the original's (and is a
+    failed sample with that reason if the attempts run out). Records are changed in place."""
+    from seal_jax.arc.self_edit import SelfEditConfig, first_unrepeated
+    by_task: dict[str, list[tuple[str, int]]] = {}
+    for tid, j in sorted(fresh):
+        by_task.setdefault(tid, []).append((tid, j))
+    for tid, slots in by_task.items():
+        recs = [fresh[s] for s in slots]
+        keep = first_unrepeated([(r["text"], None if r["config"] is None else SelfEditConfig.from_dict(r["config"]))
+                                 for r in recs], seen[tid], sampling)
+        for r, kept in zip(recs, keep):
+            if r["config"] is not None and not kept:
+                r.update(config=None, error="repeats a configuration already sampled for this task "
+                                            "(--skip-repeated-configs)")
 
 
 def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: str | None) -> dict[str, list[dict]]:
@@ -439,10 +462,11 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
     a = ctx.args
     t0 = time.perf_counter()
     if injected:
-        samples = _injected(injected, tasks, k, a.self_edit_sampling)
+        samples = _injected(injected, tasks, k, a.self_edit_sampling, a.skip_repeated_configs)
     else:
         prompts = {t.task_id: self_edit_prompt_ids(ctx.tokenizer, t, a.double_bos, ctx.prompts) for t in tasks}
         records: dict[tuple[str, int], dict] = {}
+        seen: dict[str, set[str]] = {t.task_id: set() for t in tasks}  # kept configurations (--skip-repeated-configs)
         pending = [(t.task_id, j) for t in tasks for j in range(k)]
         for attempt in range(a.self_edit_attempts):
             if not pending:
@@ -458,13 +482,12 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
                 outs += generation.generate(policy, rows[s:s + a.max_rows], max_new_tokens=a.max_self_edit_tokens,
                                             temperature=a.temperature, top_p=a.top_p, seed=seeds[s:s + a.max_rows],
                                             stop_token_ids=ctx.tokenizer.stop_token_ids)
-            still = []
-            for (tid, j), o in zip(pending, outs):
-                rec = _sample_record(j, ctx.tokenizer.decode(o), attempt + 1, "policy", a.self_edit_sampling)
-                records[(tid, j)] = rec
-                if rec["config"] is None:
-                    still.append((tid, j))
-            pending = still
+            fresh = {(tid, j): _sample_record(j, ctx.tokenizer.decode(o), attempt + 1, "policy",
+                                              a.self_edit_sampling) for (tid, j), o in zip(pending, outs)}
+            if a.skip_repeated_configs:
+                _drop_repeats(fresh, seen, a.self_edit_sampling)
+            records.update(fresh)
+            pending = [p for p in pending if fresh[p]["config"] is None]
         samples = {t.task_id: [records[(t.task_id, j)] for j in range(k)] for t in tasks}
     write_json(path, samples)
     n = sum(len(v) for v in samples.values())

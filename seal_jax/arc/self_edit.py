@@ -520,6 +520,35 @@ def parse_self_edit_original(text: str) -> SelfEditConfig:
     return SelfEditConfig(**flags, strategy=strategy, learning_rate=float(lr), num_train_epochs=epochs)
 
 
+def repeat_key(text: str, config: SelfEditConfig | None, sampling: str = "clean") -> str | None:
+    """The de-duplication key of a parsed reply for ``--skip-repeated-configs`` (None for an unparsed one).
+
+    original: the original's key, the reply's raw ``data_generation`` and ``training`` objects with their items
+    sorted (so ``{"a": 1, "b": 2}`` and ``{"b": 2, "a": 1}`` repeat, while a reply that adds any field, or writes
+    ``1e-4`` as ``0.0001`` only after json.loads has made them equal, is new). clean: the parsed configuration
+    (`SelfEditConfig.to_json`), so two replies that configure the same training are repeats however worded."""
+    if config is None:
+        return None
+    if sampling == "original":
+        obj = json.loads(text)
+        return json.dumps([sorted(obj["data_generation"].items()), sorted(obj["training"].items())])
+    return config.to_json()
+
+
+def first_unrepeated(replies: Sequence[tuple[str, SelfEditConfig | None]], seen: set[str],
+                     sampling: str = "clean") -> list[bool]:
+    """Which of one task's replies, taken in order, are kept under ``--skip-repeated-configs``: an unparsed reply is
+    not (it is resampled anyway), nor is a configuration already in ``seen`` or earlier in ``replies`` (the original
+    resamples it). Kept keys are added to ``seen``."""
+    keep = []
+    for text, config in replies:
+        key = repeat_key(text, config, sampling)
+        keep.append(key is not None and key not in seen)
+        if keep[-1]:
+            seen.add(key)
+    return keep
+
+
 def parse_self_edit(text: str, limits: SelfEditLimits = DEFAULT_LIMITS) -> SelfEditConfig:
     """Parse a model's self-edit reply into a `SelfEditConfig`; raise `SelfEditError` saying why otherwise.
 

@@ -351,3 +351,43 @@ def test_original_reading_rejects_what_the_original_cannot_use(text):
     from seal_jax.arc.self_edit import parse_self_edit_original
     with pytest.raises(SelfEditError):
         parse_self_edit_original(text)
+
+
+# ------------------------------------------------------------------------------------ --skip-repeated-configs
+
+def _reordered(obj):
+    """The same reply with every section's keys in reverse order (the original's sorted-items key ignores order)."""
+    return json.dumps({sec: dict(reversed(list(obj[sec].items()))) for sec in ("data_generation", "training")})
+
+
+def test_skip_repeated_keeps_the_first_of_each_configuration_in_order():
+    from seal_jax.arc.self_edit import first_unrepeated, parse_self_edit_original
+    other = _with("training", "num_train_epochs", 3)
+    replies = [json.dumps(_FULL), "not json", _reordered(_FULL), other, json.dumps(_FULL), other]
+    parsed = []
+    for text in replies:
+        try:
+            parsed.append((text, parse_self_edit_original(text)))
+        except SelfEditError:
+            parsed.append((text, None))
+    seen: set = set()
+    # kept: the first reply, then the 3-epoch one; the reordered copy and the later copies repeat, "not json" is
+    # unparsed (resampled for that reason, not as a repeat)
+    assert first_unrepeated(parsed, seen, "original") == [True, False, False, True, False, False]
+    assert len(seen) == 2
+    # a later round of the same task sees the kept keys: a fresh copy of the first reply is a repeat again
+    assert first_unrepeated([parsed[0], parsed[3]], seen, "original") == [False, False]
+
+
+def test_skip_repeated_keys_raw_objects_as_the_original_and_configurations_when_clean():
+    from seal_jax.arc.self_edit import parse_self_edit_original, repeat_key
+    extra = json.loads(json.dumps(_FULL))
+    extra["training"]["note"] = "same training"  # a field the original's reading ignores
+    a, b = json.dumps(_FULL), json.dumps(extra)
+    oa, ob = parse_self_edit_original(a), parse_self_edit_original(b)
+    assert oa == ob
+    assert repeat_key(a, oa, "original") != repeat_key(b, ob, "original")  # the original's key sees the extra item
+    assert repeat_key(a, oa, "original") == repeat_key(_reordered(_FULL), oa, "original")
+    fenced = "```json\n" + a + "\n```"  # the clean reading accepts it; the same training is a repeat
+    assert repeat_key(a, parse_self_edit(a), "clean") == repeat_key(fenced, parse_self_edit(fenced), "clean")
+    assert repeat_key("junk", None) is None
