@@ -136,6 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--self-edits", default=None)
     c.add_argument("--n-passages", type=int, default=200)
     c.add_argument("--full-finetune", action="store_true", help="train all weights instead of one LoRA")
+    c.add_argument("--eval-question-limit", type=int, default=None,
+                   help="quiz only this many questions: the original's debugging switch (all questions shuffled "
+                        "with seed 43, the first N kept)")
     c.set_defaults(k=5, epochs=3, batch_size=8, split_newlines=False)
 
     t = sub.add_parser("continual", help="continual self-edits: the forgetting matrix")
@@ -151,6 +154,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         sft_batch_size=1, n_sequences=1, n_datapoints=1),
         nonnegative=("lr", "lora_alpha", "max_grad_norm", "weight_decay", "temperature", "top_p", "sft_lr",
                      "sft_alpha"))
+    if getattr(args, "eval_question_limit", None) is not None and args.eval_question_limit < 1:
+        ap.error(f"--eval-question-limit must be at least 1, got {args.eval_question_limit}")
     from seal_jax.lora import ALL_TARGETS
     for flag, names in (("--lora-targets", args.lora_targets), ("--sft-targets", getattr(args, "sft_targets", "q"))):
         bad = [t for t in names.split(",") if t not in ALL_TARGETS]
@@ -544,7 +549,7 @@ def cmd_cpt(ctx: Context) -> None:
     import numpy as np
     from seal_jax import inner_loop as il
     from seal_jax.knowledge.report import ci95
-    from seal_jax.knowledge.sequences import cpt_train_sequences
+    from seal_jax.knowledge.sequences import cpt_eval_questions, cpt_train_sequences
     from seal_jax.knowledge.ttt import answer_questions, grade_passage, training_examples
     from seal_jax.lora import init_lora, stack_adapters
     import jax
@@ -552,7 +557,10 @@ def cmd_cpt(ctx: Context) -> None:
     passages = passages_for(a, a.data, a.self_edits, a.n_passages)
     if a.k > 0 and not all(p.completions for p in passages):
         passages = self_edit_stage(ctx, passages, ctx.run.file("self_edits.json"), a.k)
-    baseline = baseline_stage(ctx, passages, ctx.run.file("baseline.jsonl"))
+    asked = cpt_eval_questions([len(p.questions) for p in passages], a.eval_question_limit)
+    keep = {p: sorted(q for pp, q in asked if pp == p) for p in range(len(passages))}
+    quiz = [dataclasses.replace(p, questions=tuple(p.questions[q] for q in keep[i])) for i, p in enumerate(passages)]
+    baseline = baseline_stage(ctx, quiz, ctx.run.file("baseline.jsonl"))
     result_path = ctx.run.file("cpt.json")
     if not os.path.exists(result_path):
         seqs = cpt_train_sequences(passages, a.k, split_newlines=a.split_newlines)
@@ -572,9 +580,9 @@ def cmd_cpt(ctx: Context) -> None:
                                                                        jax.random.PRNGKey(a.seed))]), plan)
             lora = state.lora.adapter(0)
             losses = np.asarray(state.losses[0, :int(state.step[0])]).tolist()
-        answers = answer_questions(model, ctx.tokenizer, passages, ctx.ttt, lora=lora)
-        per = [{"passage_index": i, "title": p.title, "answers": ans, "correct": grade_passage(ctx.grade, p, ans)}
-               for i, (p, ans) in enumerate(zip(passages, answers))]
+        answers = answer_questions(model, ctx.tokenizer, quiz, ctx.ttt, lora=lora)
+        per = [{"passage_index": i, "title": p.title, "question_indices": keep[i], "answers": ans,
+                "correct": grade_passage(ctx.grade, p, ans)} for i, (p, ans) in enumerate(zip(quiz, answers))]
         if is_main():
             write_json(result_path, {"train_sequences": len(seqs), "losses": losses, "per_passage": per})
     cpt = json.load(open(result_path))
@@ -582,7 +590,8 @@ def cmd_cpt(ctx: Context) -> None:
     adapt_c = [c for r in cpt["per_passage"] for c in r["correct"]]
     overall = {"baseline_accuracy": float(np.mean(base_c)), "adapter_accuracy": float(np.mean(adapt_c)),
                "gain": float(np.mean(adapt_c) - np.mean(base_c)), "n_questions": len(adapt_c),
-               "train_sequences": cpt["train_sequences"], "full_finetune": a.full_finetune}
+               "train_sequences": cpt["train_sequences"], "eval_questions": len(asked),
+               "full_finetune": a.full_finetune}
     if is_main():
         write_json(ctx.run.file("results.json"), {"overall": overall, **settings(ctx), "per_passage": cpt["per_passage"]})
     rows = [{"name": "base model", "accuracy": overall["baseline_accuracy"], "ci95": ci95(base_c),

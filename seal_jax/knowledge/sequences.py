@@ -27,14 +27,16 @@ original's naive CPT corpus), and with it just ``["{title}\\n{context}"]``.
 
 from __future__ import annotations
 
+import random
 import re
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from seal_jax.knowledge.data import Passage, take_completions
 
 __all__ = [
     "SEGMENT_SEPARATOR",
     "build_train_sequences",
+    "cpt_eval_questions",
     "cpt_train_sequences",
     "is_self_qa",
     "train_sequences_from_text",
@@ -110,3 +112,16 @@ def cpt_train_sequences(passages: Iterable[Passage], k_completions: int, *,
         for completion in completions:
             corpus.extend(build_train_sequences(completion, passage, split_newlines=split_newlines))
     return corpus
+
+
+def cpt_eval_questions(question_counts: Sequence[int], limit: int | None) -> list[tuple[int, int]]:
+    """The (passage, question) pairs a CPT run is quizzed on, in order: all of them, or with ``limit`` the original's
+    ``--eval_question_limit`` (a debugging switch): the questions of every passage in order, shuffled with
+    ``random.seed(43)``, the first ``limit`` kept."""
+    pairs = [(p, q) for p, n in enumerate(question_counts) for q in range(n)]
+    if limit:
+        if limit < 0:
+            raise ValueError(f"cpt_eval_questions: limit must be positive, got {limit}")
+        random.Random(43).shuffle(pairs)  # the same permutation as random.seed(43); random.shuffle(pairs)
+        pairs = pairs[:limit]
+    return pairs

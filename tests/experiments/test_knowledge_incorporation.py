@@ -92,9 +92,14 @@ def test_rest_em_cpt_and_continual(world, tmp_path):
 
     cpt = str(tmp_path / "cpt")
     ki.main(["cpt", "--data", str(world / "data.json"), "--n-passages", "3", "--k", "0", "--batch-size", "2",
-             "--out", cpt, *common(world)])
+             "--eval-question-limit", "2", "--out", cpt, *common(world)])
     res = json.load(open(os.path.join(cpt, "results.json")))
-    assert res["overall"]["train_sequences"] == 6 and res["overall"]["n_questions"] > 0  # passage + empty per passage
+    assert res["overall"]["train_sequences"] == 6  # passage + empty per passage
+    from seal_jax.knowledge.data import load_passages
+    from seal_jax.knowledge.sequences import cpt_eval_questions
+    asked = cpt_eval_questions([len(p.questions) for p in load_passages(str(world / "data.json"))[:3]], 2)
+    assert res["overall"]["n_questions"] == res["overall"]["eval_questions"] == 2  # the original's debug subset
+    assert sorted((r["passage_index"], q) for r in res["per_passage"] for q in r["question_indices"]) == sorted(asked)
 
     cont = str(tmp_path / "cont")
     ki.main(["continual", "--data", str(world / "data.json"), "--n-sequences", "1", "--n-datapoints", "2",

@@ -10,6 +10,7 @@ import pytest
 from seal_jax.knowledge.data import Passage, load_passages
 from seal_jax.knowledge.sequences import (
     build_train_sequences,
+    cpt_eval_questions,
     cpt_train_sequences,
     is_self_qa,
     train_sequences_from_text,
@@ -134,6 +135,16 @@ def test_title_prefix_and_passage_last():
 def test_split_newlines_must_be_given():
     with pytest.raises(TypeError):
         build_train_sequences("x", P)  # type: ignore[call-arg]
+
+
+def test_cpt_eval_question_limit_is_the_originals_seed_43_shuffle():
+    # counts 2, 3, 1 -> questions (0,0) (0,1) (1,0) (1,1) (1,2) (2,0); random.seed(43); random.shuffle gives
+    # (2,0) (1,2) (1,1) (0,1) (1,0) (0,0), worked out with the original's two lines on this list
+    assert cpt_eval_questions([2, 3, 1], 3) == [(2, 0), (1, 2), (1, 1)]
+    assert cpt_eval_questions([2, 3, 1], 100) == [(2, 0), (1, 2), (1, 1), (0, 1), (1, 0), (0, 0)]
+    assert cpt_eval_questions([2, 3, 1], None) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 0)]  # no limit: all
+    with pytest.raises(ValueError):
+        cpt_eval_questions([1], -1)
 
 
 def test_cpt_corpus_small():
