@@ -53,6 +53,11 @@ def add_common(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--max-self-edit-tokens", type=int, default=8192)
+    g.add_argument("--instruct-model", action="store_true",
+                   help="the policy is an instruct (chat) model, the original's --instruct_model branch: self-edit "
+                        "and answer prompts are chat turns (ours, or its Qwen strings with --prompts), generation "
+                        "also stops at the end-of-turn token (<|im_end|>), and with --prompts the LLM judge gets its "
+                        "instruct grading string")
     g.add_argument("--split-newlines", action=argparse.BooleanOptionalAction, default=True)
     g = ap.add_argument_group("test-time training (defaults: the original's)")
     g.add_argument("--lora-rank", type=int, default=32)
@@ -198,10 +203,18 @@ def load_context(args) -> Context:
         from seal_jax import distributed
         distributed.initialize()
     from seal_jax.original_prompts import PromptsError, load as load_prompts
+    from seal_jax.knowledge.prompts import PromptFormat
     try:  # a bad prompts file stops the run before any work
         prompts = load_prompts(args.prompts) if args.prompts else None
-        if prompts is not None and args.command != "cpt":
-            prompts.self_edit_template(args.prompt_variant)
+        if prompts is None:
+            fmt = PromptFormat(instruct=args.instruct_model)
+        elif args.instruct_model:  # the original's instruct branch: its Qwen ChatML strings
+            fmt = PromptFormat(True, prompts.instruct("knowledge_self_edit_instruct"),
+                               prompts.instruct("knowledge_answer_instruct"))
+            if args.grader == "llm":
+                prompts.instruct("grade_instruct")
+        else:
+            fmt = PromptFormat(False, None if args.command == "cpt" else prompts.self_edit_template(args.prompt_variant))
     except PromptsError as e:
         raise SystemExit(f"error: {e}") from None
     run = RunDir(args.out, vars(args), resume_free=("no_progress", "out", "sft_checkpoint_every"))
@@ -210,6 +223,10 @@ def load_context(args) -> Context:
         model = seal_jax.load_pretrained(args.model, dtype=args.dtype)
     else:
         model = seal_jax.init_model(seal_jax.get_preset(args.preset), seed=args.seed, dtype=args.dtype)
+    if args.instruct_model and (fmt.self_edit_template is None or fmt.answer_template is None) \
+            and not tokenizer.hf.chat_template:
+        raise SystemExit(f"error: --instruct-model needs a tokenizer with a chat template; "
+                         f"{args.tokenizer or args.model} has none")
     if tokenizer.vocab_size > model.config.vocab_size:
         raise SystemExit(f"error: tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{model.config.vocab_size}")
@@ -220,6 +237,8 @@ def load_context(args) -> Context:
         mesh = distributed.make_mesh(a, m)
         model = distributed.shard_model(model, mesh)
     words = {} if prompts is None or args.grader == "offline" else {"template": prompts.grade}  # the original's
+    if words and args.instruct_model and args.grader == "llm":  # its instruct judge string (ChatML written out)
+        words = {"template": prompts.grade_instruct, "chat": False}
     if args.grader == "llm":
         judge = seal_jax.load_pretrained(args.judge_model, dtype=args.dtype) if args.judge_model else model
         grader = make_grader("llm", model=judge, tokenizer=Tokenizer.from_dir(args.judge_model) if
@@ -236,7 +255,7 @@ def load_context(args) -> Context:
                     weight_decay=args.weight_decay, loss_mode=args.loss_mode, max_length=args.max_length,
                     split_newlines=args.split_newlines, answer_max_tokens=args.answer_max_tokens,
                     engine=args.engine, slots=args.slots, tokens_per_step=args.tokens_per_step,
-                    adapters_per_batch=args.adapters_per_batch, pack=args.pack)
+                    adapters_per_batch=args.adapters_per_batch, pack=args.pack, prompt_format=fmt)
     run.event("start", command=args.command, devices=jax.device_count(), processes=jax.process_count())
     grade = grader.grade
     if words:  # the original's grading prompt holds "Topic: {title}" before each question
@@ -282,20 +301,19 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
     """Sample k self-edits per passage from the policy (or reuse the file written by an earlier run)."""
     from seal_jax import generation
     from seal_jax.knowledge.data import load_passages
-    from seal_jax.knowledge.prompts import format_self_edit_prompt
 
     if os.path.exists(path):
         return load_passages(path)
     model = model or ctx.model
     a = ctx.args
-    template = None if ctx.prompts is None else ctx.prompts.self_edit_template(a.prompt_variant)
-    prompts = [format_self_edit_prompt(p, a.prompt_variant, template=template) for p in passages]
+    fmt = ctx.ttt.prompt_format
+    prompts = [fmt.self_edit_prompt(p, a.prompt_variant, ctx.tokenizer) for p in passages]
     if a.max_self_edit_tokens >= model.config.max_position_embeddings:
         raise SystemExit(f"error: --max-self-edit-tokens {a.max_self_edit_tokens} does not fit the model's "
                          f"{model.config.max_position_embeddings} positions (prompt included); lower it")
-    ids = [ctx.tokenizer.encode(text) for text in prompts]
+    ids = [fmt.encode(ctx.tokenizer, text) for text in prompts]
     owners = [(i, j) for i in range(len(passages)) for j in range(k)]
-    stop = [ctx.tokenizer.eos_token_id] if ctx.tokenizer.eos_token_id is not None else []
+    stop = fmt.stop_ids(ctx.tokenizer)
 
     def work(part):  # one generate call per 64 samples; each sample has its own seed, so batching cannot change it
         seeds = [_seed(a.seed, "self-edit", i, j) for i, j in part]
@@ -534,7 +552,7 @@ def cmd_rest_em(ctx: Context) -> None:
                                                     targets=tuple(a.sft_targets.split(","))),
                                     learning_rate=a.sft_lr, epochs=a.sft_epochs, batch_size=a.sft_batch_size,
                                     seed=a.seed + r, checkpoint_every=a.sft_checkpoint_every)
-            prompts = [ctx.tokenizer.encode(x["prompt"]) for x in sft_rows]
+            prompts = [ctx.ttt.prompt_format.encode(ctx.tokenizer, x["prompt"]) for x in sft_rows]
             completions = [ctx.tokenizer.encode(x["completion"], add_bos=False) for x in sft_rows]
             nxt = sft_lib.sft_and_merge(policy, prompts, completions, ctx.tokenizer.eos_token_id, cfg,
                                         checkpoint_dir=os.path.join(rdir, "sft_checkpoints"))

@@ -15,6 +15,11 @@ experiment's `--prompts FILE` uses them (`load`):
     arc_ttt_instruction          few-shot/arclib/messagers.py  GPTTextMessageRepresenterV2.__init__'s default
                                  `prompt`, with its {description} slot empty (ARC tasks carry no description)
 
+and, where the checkout has them, the strings of the original's `--instruct_model` branch (its runs never use it;
+`--instruct-model` does): knowledge_self_edit_instruct (make_squad_data.py MAKE_SQUAD_DATA_TEMPLATE_INSTRUCT),
+knowledge_answer_instruct (utils.py SQUAD_ANSWER_TEMPLATE_QWEN_INSTRUCT) and grade_instruct (utils.py
+SQUAD_GRADE_TEMPLATE_QWEN_INSTRUCT), Qwen ChatML written out in the strings.
+
     python -m experiments.import_seal_prompts PATH_TO_SEAL_CHECKOUT --out prompts.json
 """
 
@@ -26,7 +31,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["PromptsError", "SOURCES", "SealPrompts", "import_from_checkout", "load", "save"]
+__all__ = ["OPTIONAL_SOURCES", "PromptsError", "SOURCES", "SealPrompts", "import_from_checkout", "load", "save"]
 
 
 class PromptsError(ValueError):
@@ -43,9 +48,17 @@ SOURCES: dict[str, tuple[str, tuple[str | None, str]]] = {
     "arc_system_message": ("few-shot/utils/prompts.py", (None, "system_message")),
     "arc_ttt_instruction": ("few-shot/arclib/messagers.py", ("GPTTextMessageRepresenterV2", "prompt")),
 }
+# Imported when the checkout has them (the original's unused instruct-model branch).
+OPTIONAL_SOURCES: dict[str, tuple[str, tuple[str | None, str]]] = {
+    "knowledge_self_edit_instruct": ("general-knowledge/src/data_generation/make_squad_data.py",
+                                     (None, "MAKE_SQUAD_DATA_TEMPLATE_INSTRUCT")),
+    "knowledge_answer_instruct": ("general-knowledge/src/utils.py", (None, "SQUAD_ANSWER_TEMPLATE_QWEN_INSTRUCT")),
+    "grade_instruct": ("general-knowledge/src/utils.py", (None, "SQUAD_GRADE_TEMPLATE_QWEN_INSTRUCT")),
+}
 # Placeholders each template must hold (checked on load, so a wrong file fails before any work).
 _SLOTS = {"knowledge_self_edit": ("{title}", "{context}"), "knowledge_answer": ("{question}",),
-          "grade": ("{question}", "{gold}", "{pred}")}
+          "grade": ("{question}", "{gold}", "{pred}"), "knowledge_self_edit_instruct": ("{title}", "{context}"),
+          "knowledge_answer_instruct": ("{question}",), "grade_instruct": ("{question}", "{gold}", "{pred}")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +69,17 @@ class SealPrompts:
     arc_self_edit_instruction: str
     arc_system_message: str
     arc_ttt_instruction: str
+    knowledge_self_edit_instruct: str | None = None
+    knowledge_answer_instruct: str | None = None
+    grade_instruct: str | None = None
+
+    def instruct(self, key: str) -> str:
+        """One of the instruct-model strings; an error naming it when the prompts file has none."""
+        value = getattr(self, key)
+        if value is None:
+            raise PromptsError(f"the prompts file has no {key} (--instruct-model with --prompts needs the "
+                               f"original's {OPTIONAL_SOURCES[key][1][1]}; re-import from a checkout that has it)")
+        return value
 
     def self_edit_template(self, variant: str) -> str:
         try:
@@ -112,6 +136,12 @@ def import_from_checkout(root: str) -> dict[str, Any]:
         if key == "arc_ttt_instruction" and isinstance(value, str):
             value = value.replace("{description}", "")  # tasks carry no description (the original formats "")
         out[key] = value
+    for key, (rel, (_, name)) in OPTIONAL_SOURCES.items():  # files already parsed above
+        try:
+            out[key] = _module_value(trees[rel], name, os.path.join(root, rel))
+        except PromptsError as e:
+            if "no module-level" not in str(e):
+                raise
     _validate(out, root)
     return out
 
@@ -122,7 +152,7 @@ def _validate(data: Any, source: str) -> None:
     missing = [k for k in SOURCES if k not in data]
     if missing:
         raise PromptsError(f"{source}: missing prompt(s) {', '.join(missing)}")
-    for key in SOURCES:
+    for key in [*SOURCES, *(k for k in OPTIONAL_SOURCES if data.get(k) is not None)]:
         value = data[key]
         if key == "knowledge_self_edit" and (not isinstance(value, dict) or not value):
             raise PromptsError(f"{source}: {key} must map prompt variants to templates")
@@ -149,4 +179,4 @@ def load(path: str) -> SealPrompts:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PromptsError(f"prompts file {path} is not valid JSON ({e})") from None
     _validate(data, path)
-    return SealPrompts(**{k: data[k] for k in SOURCES})
+    return SealPrompts(**{k: data[k] for k in SOURCES}, **{k: data.get(k) for k in OPTIONAL_SOURCES})

@@ -17,13 +17,21 @@ GRADE = "Synthetic judge. Q: {question}\nGold: {gold}\nStudent: {pred}\nCorrect?
 ARC_INSTRUCTION = '\nSynthetic configurator: reply with {"data_generation": ..., "training": ...}.\n'
 ARC_SYSTEM = "Synthetic system sentence."
 ARC_TTT = "Synthetic TTT paragraph. {description}Follow the format.\n"
+SELF_EDIT_INSTRUCT = "<|im_start|>system\nSynthetic analyst.<|im_end|>\n<|im_start|>user\n{title}\n{context}<|im_end|>\n" \
+    "<|im_start|>assistant\n"
+ANSWER_INSTRUCT = "<|im_start|>system\nSynthetic answerer.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n" \
+    "<|im_start|>assistant\n"
+GRADE_INSTRUCT = "<|im_start|>system\nSynthetic judge.<|im_end|>\n<|im_start|>user\n{question}\nGold: {gold}\n" \
+    "Student: {pred}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def _checkout(root):
     files = {
         "general-knowledge/src/data_generation/make_squad_data.py": f"""
             import argparse
-            MAKE_SQUAD_DATA_TEMPLATE_INSTRUCT = ("<|im_start|>system\\nunused<|im_end|>\\n")
+            MAKE_SQUAD_DATA_TEMPLATE_INSTRUCT = (
+                {SELF_EDIT_INSTRUCT!r}
+            )
             MAKE_SQUAD_DATA_TEMPLATES_BASE: dict[str, str] = {{
                 # two variants, split over several literals as the original writes them
                 "implications": ({SELF_EDIT_A[:20]!r}
@@ -39,6 +47,10 @@ def _checkout(root):
                 {ANSWER!r}
             )
             SQUAD_GRADE_TEMPLATE = ({GRADE[:10]!r} {GRADE[10:]!r})
+            # Qwen-instruct answering (unused)
+            SQUAD_ANSWER_TEMPLATE_QWEN_INSTRUCT = {ANSWER_INSTRUCT!r}
+            SQUAD_GRADE_TEMPLATE_QWEN_INSTRUCT = ({GRADE_INSTRUCT[:30]!r}
+                                                  {GRADE_INSTRUCT[30:]!r})
             """,
         "few-shot/utils/prompts.py": f'# for self-edit.py\nself_edit_prompt = """{ARC_INSTRUCTION}"""\n\n'
                                      f'system_message = {ARC_SYSTEM!r}\n',
@@ -70,7 +82,24 @@ def test_import_reads_every_prompt(prompts_file):
     data = json.load(open(prompts_file))
     assert data == {"knowledge_self_edit": {"implications": SELF_EDIT_A, "rewrite": SELF_EDIT_B},
                     "knowledge_answer": ANSWER, "grade": GRADE, "arc_self_edit_instruction": ARC_INSTRUCTION,
-                    "arc_system_message": ARC_SYSTEM, "arc_ttt_instruction": ARC_TTT.format(description="")}
+                    "arc_system_message": ARC_SYSTEM, "arc_ttt_instruction": ARC_TTT.format(description=""),
+                    "knowledge_self_edit_instruct": SELF_EDIT_INSTRUCT, "knowledge_answer_instruct": ANSWER_INSTRUCT,
+                    "grade_instruct": GRADE_INSTRUCT}
+
+
+def test_a_checkout_without_the_instruct_strings_imports_without_them(tmp_path):
+    root = tmp_path / "SEAL"
+    _checkout(root)
+    (root / "general-knowledge/src/utils.py").write_text(f"SQUAD_ANSWER_TEMPLATE_BASE = {ANSWER!r}\n"
+                                                         f"SQUAD_GRADE_TEMPLATE = {GRADE!r}\n")
+    out = tmp_path / "p.json"
+    assert import_seal_prompts.main([str(root), "--out", str(out)]) == 0
+    data = json.load(open(out))
+    assert "grade_instruct" not in data and "knowledge_answer_instruct" not in data
+    p = load(str(out))
+    assert p.knowledge_self_edit_instruct == SELF_EDIT_INSTRUCT
+    with pytest.raises(PromptsError, match="SQUAD_GRADE_TEMPLATE_QWEN_INSTRUCT"):
+        p.instruct("grade_instruct")
 
 
 def test_prompts_render_byte_for_byte(prompts_file):
@@ -94,6 +123,14 @@ def test_prompts_render_byte_for_byte(prompts_file):
     # grading prompt (the prediction stripped, as the original does)
     assert build_grade_prompt("Topic: T\nq?", "gold", " pred ", template=p.grade) == \
         GRADE.format(question="Topic: T\nq?", gold="gold", pred="pred")
+    # the instruct-model branch: self-edit, answer and judge prompts are the checkout's ChatML strings
+    from seal_jax.knowledge.prompts import PromptFormat, topic_question
+    fmt = PromptFormat(True, p.instruct("knowledge_self_edit_instruct"), p.instruct("knowledge_answer_instruct"))
+    assert fmt.self_edit_prompt(passage, "implications") == SELF_EDIT_INSTRUCT.format(title="Title",
+                                                                                      context="Some context.")
+    assert fmt.answer_prompts(passage) == [ANSWER_INSTRUCT.format(question=topic_question("Title", "q"))]
+    assert build_grade_prompt("Topic: T\nq?", "gold", " pred ", template=p.instruct("grade_instruct")) == \
+        GRADE_INSTRUCT.format(question="Topic: T\nq?", gold="gold", pred="pred")
     # ARC self-edit prompt: the original's hand-built Llama-3 string around the checkout's two strings
     task = arc.get_task("6150a2bd")
     want = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + ARC_SYSTEM + "<|eot_id|>"

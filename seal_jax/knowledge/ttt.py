@@ -23,7 +23,7 @@ from seal_jax import engine as eng
 from seal_jax.buckets import batch_bucket
 from seal_jax import generation, inner_loop as il
 from seal_jax.knowledge.data import Passage
-from seal_jax.knowledge.prompts import format_answer_prompts, topic_question
+from seal_jax.knowledge.prompts import PromptFormat, topic_question
 from seal_jax.knowledge.sequences import build_train_sequences
 from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 from seal_jax.models.model import Model
@@ -53,6 +53,7 @@ class TTTConfig:
     answer_rows: int = 128  # ragged: finished adapters answer once this many questions (or `slots` adapters) wait
     adapters_per_batch: int = 16  # padded: K jobs trained together (the compiled shape; short batches are padded)
     pack: bool = False  # padded: pack sequences into rows
+    prompt_format: PromptFormat = PromptFormat()  # base-model text (the original's) or an instruct model's chats
 
     def __post_init__(self):
         if self.engine not in ("ragged", "padded"):
@@ -82,12 +83,8 @@ class Job:
         return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
-def _answer_prompt_ids(tokenizer, passage: Passage) -> list[list[int]]:
-    return [tokenizer.encode(p) for p in format_answer_prompts(passage)]
-
-
-def _stop_ids(tokenizer) -> list[int]:
-    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+def _answer_prompt_ids(tokenizer, passage: Passage, fmt: PromptFormat = PromptFormat()) -> list[list[int]]:
+    return [fmt.encode(tokenizer, p) for p in fmt.answer_prompts(passage, tokenizer)]
 
 
 def _decode_all(tokenizer, outputs: Sequence[Sequence[int]]) -> list[str]:
@@ -111,13 +108,13 @@ def answer_questions(model: Model, tokenizer, passages: Sequence[Passage], cfg: 
     per passage) or of the model with one adapter (`lora`)."""
     prompts, owners = [], []
     for i, p in enumerate(passages):
-        for ids in _answer_prompt_ids(tokenizer, p):
+        for ids in _answer_prompt_ids(tokenizer, p, cfg.prompt_format):
             prompts.append(ids)
             owners.append(i)
     outs: list[list[int]] = []
     for s in range(0, len(prompts), max_rows):
         outs += generation.generate(model, prompts[s:s + max_rows], max_new_tokens=cfg.answer_max_tokens,
-                                    stop_token_ids=_stop_ids(tokenizer), lora=lora)
+                                    stop_token_ids=cfg.prompt_format.stop_ids(tokenizer), lora=lora)
     texts = _decode_all(tokenizer, outs)
     answers: list[list[str]] = [[] for _ in passages]
     for i, t in zip(owners, texts):
@@ -204,7 +201,7 @@ def _answer_finished(model, tokenizer, passages, finished: list[eng.Finished], c
     usable = [f for f in finished if not f.failed]
     prompts, owners = [], []
     for a, f in enumerate(usable):
-        for ids in _answer_prompt_ids(tokenizer, passages[f.job.key[0].passage_index]):
+        for ids in _answer_prompt_ids(tokenizer, passages[f.job.key[0].passage_index], cfg.prompt_format):
             prompts.append(ids)
             owners.append(a)
     texts: list[str] = []
@@ -213,7 +210,7 @@ def _answer_finished(model, tokenizer, passages, finished: list[eng.Finished], c
         bank = [f.lora for f in usable]
         bank += [bank[0]] * (batch_bucket(len(bank)) - len(bank))
         outs = generation.generate(model, prompts, max_new_tokens=cfg.answer_max_tokens,
-                                   stop_token_ids=_stop_ids(tokenizer), lora=stack_adapters(bank),
+                                   stop_token_ids=cfg.prompt_format.stop_ids(tokenizer), lora=stack_adapters(bank),
                                    adapter_ids=owners)
         texts = _decode_all(tokenizer, outs)
     answers: dict[int, list[str]] = {a: [] for a in range(len(usable))}
@@ -256,10 +253,10 @@ def _evaluate_padded(model, tokenizer, passages, batch: list[Job], seqs, cfg: TT
         stats["token_slots"] = stats.get("token_slots", 0) + plan.token_slots()
         stats["real_tokens"] = stats.get("real_tokens", 0) + int(plan.real_tokens.sum())
 
-    groups = [_answer_prompt_ids(tokenizer, passages[j.passage_index]) for j in batch]
+    groups = [_answer_prompt_ids(tokenizer, passages[j.passage_index], cfg.prompt_format) for j in batch]
     groups += [[] for _ in range(K - len(batch))]
     outs = generation.generate_grouped(model, state.lora, groups, max_new_tokens=cfg.answer_max_tokens,
-                                       stop_token_ids=_stop_ids(tokenizer), mesh=mesh)
+                                       stop_token_ids=cfg.prompt_format.stop_ids(tokenizer), mesh=mesh)
     records = []
     for k, job in enumerate(batch):
         passage = passages[job.passage_index]

@@ -138,6 +138,7 @@ KNOWLEDGE = [  # (id, extra argv (with {placeholders} from the files fixture), w
     ("llm-judge-missing", ["--grader", "llm", "--judge-model", "{dir}/no_judge"], "no_judge"),
     ("prompts-file-missing", ["--prompts", "{dir}/no_prompts.json"], "no_prompts.json"),
     ("prompts-file-incomplete", ["--prompts", "{object}"], "missing prompt"),
+    ("instruct-model-without-chat-template", ["--instruct-model"], "chat template"),
 ]
 
 ARC = [

@@ -153,3 +153,20 @@ def test_round_passages_one_file_per_round(tmp_path):
     assert round_passages(a, 2, 5, regenerate=True)[0][0].completions == ()
     with pytest.raises(SystemExit, match="names 2 files but --rounds is 3"):
         round_passages(f"{a},{b}", 3, 2)
+
+
+def test_instruct_model_with_the_originals_strings(world, tmp_path):
+    """--instruct-model --prompts: the self-edits are sampled from the original's instruct string (ChatML written
+    out, so any tokenizer works), and the run finishes with the usual report."""
+    from experiments import import_seal_prompts, knowledge_incorporation as ki
+    from seal_jax.knowledge.data import load_passages
+    from tests.test_original_prompts import SELF_EDIT_INSTRUCT, _checkout
+    prompts = str(tmp_path / "prompts.json")
+    assert import_seal_prompts.main([_checkout(tmp_path / "SEAL"), "--out", prompts]) == 0
+    run = str(tmp_path / "instruct")
+    assert ki.main(["eval", "--data", str(world / "data.json"), "--n-passages", "1", "--k", "1", "--instruct-model",
+                    "--prompts", prompts, "--out", run, *common(world)]) in (0, None)
+    p = load_passages(os.path.join(run, "self_edits.json"))[0]
+    assert p.prompt == SELF_EDIT_INSTRUCT.format(title=p.title, context=p.context)
+    assert json.load(open(os.path.join(run, "config.json")))["instruct_model"] is True
+    assert json.load(open(os.path.join(run, "results.json")))["overall"]["n_articles"] == 1

