@@ -96,6 +96,24 @@ def add_common(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--mesh", default=None, help="ADAPTER,MODEL device mesh (default: one device)")
     g.add_argument("--distributed", action="store_true")
     g.add_argument("--no-progress", action="store_true")
+    g = ap.add_argument_group("fidelity")
+    g.add_argument("--fidelity", default="clean", choices=["clean", "original"],
+                   help="original: every switch that restores the original's behaviour at once (" +
+                        ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in ORIGINAL.items()) + "; the defaults "
+                        "are the original's elsewhere); with --prompts FILE also its wording. A flag given "
+                        "explicitly still wins")
+
+
+# `--fidelity original`: the original's behaviour wherever ours deliberately differs (README, "Fidelity switches").
+# Everything else already defaults to the original's (LoRA q,v r32, pads in the loss, no improvement filter, ...);
+# the prompt wording needs the user's --prompts file.
+ORIGINAL = dict(rank_split_newlines="original")
+
+
+def rank_split_newlines(mode: str, round_index: int, split_newlines: bool) -> bool:
+    """split_newlines of ReST-EM round `round_index`'s ranking: as every other stage (same), or as the original's
+    scripts ran it (original): rank_iter0 split, rank_iter1 did not (spec 7b.6)."""
+    return split_newlines if mode == "same" else round_index == 0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,6 +150,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--sft-checkpoint-every", type=int, default=50,
                    help="SFT steps between resumable checkpoints (0 = only at the end)")
     r.add_argument("--keep-ties", choices=["first"], default="first", help="tie-break: the earliest self-edit")
+    r.add_argument("--rank-split-newlines", default="same", choices=["same", "original"],
+                   help="how each round's ranking cuts self-edits into sequences: as --split-newlines (same), or as "
+                        "the original's runs, split in round 0 and whole lines after (original)")
     r.add_argument("--require-improvement", action="store_true",
                    help="drop passages whose best self-edit does not beat the baseline (the original keeps them)")
 
@@ -152,6 +173,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--n-sequences", type=int, default=8)
     t.add_argument("--n-datapoints", type=int, default=8)
     args = ap.parse_args(argv)
+    if args.fidelity == "original":  # the original's behaviours become the defaults; explicit flags still win
+        for parser in sub.choices.values():
+            parser.set_defaults(**{k: v for k, v in ORIGINAL.items()
+                                   if any(a.dest == k for a in parser._actions)})
+        args = ap.parse_args(argv)
+        if not args.prompts:
+            print("note: --fidelity original without --prompts keeps our prompt wording (import the original's: "
+                  "python -m experiments.import_seal_prompts YOUR_SEAL_CHECKOUT --out FILE)", file=sys.stderr)
     check_flags(ap, args, minimum=dict(
         k=0, eval_times=1, lora_rank=1, epochs=0, batch_size=1, warmup_steps=0, max_length=2, answer_max_tokens=1,
         slots=1, tokens_per_step=1, adapters_per_batch=1, max_self_edit_tokens=1, n_passages=1, start=0, rounds=0,
@@ -409,8 +438,8 @@ def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT",
 def settings(ctx: Context) -> dict:
     a = ctx.args
     return {"timestamp": time.strftime("%Y-%m-%d %H:%M:%S"), "exp_name": os.path.basename(os.path.abspath(a.out)),
-            "split_newlines": a.split_newlines, "k_completions": a.k, "eval_times": a.eval_times,
-            "grader": a.grader, "loss_mode": a.loss_mode,
+            "split_newlines": ctx.ttt.split_newlines, "k_completions": a.k, "eval_times": a.eval_times,
+            "grader": a.grader, "loss_mode": a.loss_mode, "fidelity": a.fidelity,
             "lora_params": {"rank": a.lora_rank, "alpha": a.lora_alpha, "dropout": 0.0, "epochs": a.epochs,
                             "lr": a.lr, "batch_size": a.batch_size, "grad_accum_steps": 1,
                             "targets": a.lora_targets}}
@@ -536,7 +565,9 @@ def cmd_rest_em(ctx: Context) -> None:
         nxt = load_policy(os.path.join(rdir, "policy"), ctx.model)
         if nxt is None:
             round_train = per_round[r]
-            res = evaluate(ctx, round_train, rdir, a.k, a.rank_eval_times, policy, label=f"round {r} E-step ")
+            split = rank_split_newlines(a.rank_split_newlines, r, ctx.ttt.split_newlines)
+            rank_ctx = dataclasses.replace(ctx, ttt=dataclasses.replace(ctx.ttt, split_newlines=split))
+            res = evaluate(rank_ctx, round_train, rdir, a.k, a.rank_eval_times, policy, label=f"round {r} E-step ")
             passages_used = (round_train if all(p.completions for p in round_train)
                              else load_passages(os.path.join(rdir, "self_edits.json")))
             sft_rows, selection = select_best(passages_used, res, a.require_improvement)

@@ -170,3 +170,18 @@ def test_instruct_model_with_the_originals_strings(world, tmp_path):
     assert p.prompt == SELF_EDIT_INSTRUCT.format(title=p.title, context=p.context)
     assert json.load(open(os.path.join(run, "config.json")))["instruct_model"] is True
     assert json.load(open(os.path.join(run, "results.json")))["overall"]["n_articles"] == 1
+
+
+def test_fidelity_original_sets_every_original_switch_and_explicit_flags_win(capsys):
+    from experiments import knowledge_incorporation as ki
+    base = ["rest-em", "--train-data", "T", "--preset", "tiny-qwen2", "--tokenizer", "TOK", "--out", "OUT"]
+    clean, orig = ki.parse_args(base), ki.parse_args(base + ["--fidelity", "original"])
+    assert ki.ORIGINAL
+    for key, value in ki.ORIGINAL.items():
+        assert getattr(clean, key) != value and getattr(orig, key) == value, key
+    assert "without --prompts" in capsys.readouterr().err  # the wording stays ours unless the file is given
+    assert ki.parse_args(base + ["--fidelity", "original", "--rank-split-newlines", "same"]).rank_split_newlines \
+        == "same"
+    # the original's runs: rank_iter0 split self-edits into lines, rank_iter1 did not (spec 7b.6)
+    assert [ki.rank_split_newlines("original", r, True) for r in range(3)] == [True, False, False]
+    assert [ki.rank_split_newlines("same", r, v) for r in range(2) for v in (True, False)] == [True, False] * 2
