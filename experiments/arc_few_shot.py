@@ -617,8 +617,8 @@ def bc_phase(ctx: Context):
     """ReST-EM's M-step: clone the (prompt, configuration) pairs of the training self-edits that solved their task
     (all parsed ones with --bc-include-failures) with LoRA SFT through `seal_jax.sft`, merge, save. Returns the merged
     policy, or None when there is nothing to clone (recorded in bc/summary.json)."""
-    from seal_jax import sft
-    from seal_jax.lora import LoraConfig, merge
+    from seal_jax import seal, sft
+    from seal_jax.lora import LoraConfig
     a = ctx.args
     summary_path = ctx.run.file("bc", "summary.json")
     policy_dir = os.path.join(ctx.run.path, "bc", "policy")
@@ -632,14 +632,16 @@ def bc_phase(ctx: Context):
     rows = _complete(ctx, "train", ctx.train_tasks)
     if rows is None:
         raise SystemExit("error: the bc phase needs the finished train phase (add 'train' to --phases)")
-    by_id = {t.task_id: t for t in ctx.train_tasks}
-    pairs = []
-    for t in ctx.train_tasks:
-        for s in rows[t.task_id]["samples"]:
-            if s["config"] is not None and (s["correct"] or a.bc_include_failures):
-                target = json.dumps(s["config"]) if a.bc_target == "canonical" else s["text"]
-                pairs.append({"task_id": t.task_id, "sample": s["sample"], "solved": bool(s["correct"]),
-                              "completion": target})
+    # the rewarded self-edits (solved = reward 1 over a baseline of 0) -> seal.select: every solved one, or with
+    # --bc-include-failures every parsed one; an unparsed reply is a failed outcome and never cloned
+    outcomes = [seal.Outcome(seal.SelfEdit(i, s["sample"], (), s["text"]), float(bool(s["correct"])),
+                             failed=s["config"] is None,
+                             target=None if s["config"] is None else
+                             json.dumps(s["config"]) if a.bc_target == "canonical" else s["text"])
+                for i, t in enumerate(ctx.train_tasks) for s in rows[t.task_id]["samples"]]
+    kept = seal.select(outcomes, seal.SelectRule("all", require_improvement=not a.bc_include_failures)).kept
+    pairs = [{"task_id": ctx.train_tasks[o.edit.item].task_id, "sample": o.edit.sample, "solved": o.reward > 0,
+              "completion": o.target} for o in kept]
     write_json(ctx.run.file("bc", "pairs.json"), pairs)
     selection = "all parsed self-edits (--bc-include-failures; not ReST-EM)" if a.bc_include_failures else \
         "self-edits whose adapter solved the task (ReST-EM)"
@@ -648,21 +650,22 @@ def bc_phase(ctx: Context):
         ctx.run.event("bc_skipped", reason="no self-edit to clone")
         return None
     t0 = time.perf_counter()
-    prompts = [self_edit_prompt_ids(ctx.tokenizer, by_id[p["task_id"]], a.double_bos, ctx.prompts) for p in pairs]
-    completions = [ctx.tokenizer.encode(p["completion"], add_bos=False) for p in pairs]
+    prompts = {o.edit.item: tuple(self_edit_prompt_ids(ctx.tokenizer, ctx.train_tasks[o.edit.item], a.double_bos,
+                                                        ctx.prompts)) for o in kept}
+    training = [seal.TrainingPair(prompts[o.edit.item], tuple(ctx.tokenizer.encode(o.target, add_bos=False)))
+                for o in kept]
     cfg = sft.SFTConfig(lora=LoraConfig(rank=a.bc_rank, alpha=a.bc_alpha, targets=_names(a.bc_targets)),
                         learning_rate=a.bc_lr, epochs=a.bc_epochs, batch_size=a.bc_batch_size, schedule="cosine",
                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, seed=a.seed, max_length=a.bc_max_length,
                         completion_only=True, checkpoint_every=a.bc_checkpoint_every,
                         pad_to_longest=a.pad_loss == "original")
     try:
-        lora, losses = sft.train_sft(ctx.model, prompts, completions, ctx.tokenizer.eos_token_id, cfg,
+        policy, losses = seal.m_step(ctx.model, training, ctx.tokenizer.eos_token_id, cfg,
                                      checkpoint_dir=os.path.join(ctx.run.path, "bc", "sft_checkpoints"))
     except FloatingPointError as e:
         write_json(summary_path, {"skipped": f"SFT failed: {e}", "selection": selection, "pairs": len(pairs)})
         ctx.run.event("bc_skipped", reason=str(e))
         return None
-    policy = merge(ctx.model, lora)
     # The summary first: a kill between the two files leaves no policy, so a re-run merges and saves it again.
     write_json(summary_path, {"skipped": None, "selection": selection, "pairs": len(pairs),
                               "solved_pairs": sum(p["solved"] for p in pairs),

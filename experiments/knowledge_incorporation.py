@@ -459,7 +459,8 @@ def evaluate(ctx: Context, passages, out_dir: str, k: int, reps: int, model=None
     baseline = baseline_stage(ctx, passages, os.path.join(out_dir, "baseline.jsonl"), model)
     evals = ttt_stage(ctx, passages, jobs, os.path.join(out_dir, "evals.jsonl"), model, desc=f"{label}TTT",
                       unusable=unusable)
-    results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages)))
+    results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages),
+                                                                     k_completions=k, eval_times=reps))
     if is_main():
         write_json(os.path.join(out_dir, "results.json"), results)
     return results
@@ -489,21 +490,24 @@ def cmd_eval(ctx: Context) -> None:
 
 
 def select_best(passages, results: dict, require_improvement: bool) -> tuple[list[dict], list[dict]]:
-    """Best-of-k per passage by mean adapter accuracy over reps; ties go to the earliest self-edit (as the original,
-    whose stable sort keeps the first). Returns (SFT rows, per-passage selection records)."""
-    sft, records = [], []
+    """Best-of-k per passage by mean adapter accuracy over reps (`seal_jax.seal.select`: ties go to the earliest
+    self-edit, as the original's stable sort; a self-edit that failed every rep is never kept). Returns (SFT rows,
+    per-passage selection records)."""
+    from seal_jax import seal
+    outcomes = []
     for art in results["articles"]:
-        means = [c["stats"]["adapter_mean"] for c in art["completions"]]
-        best = max(range(len(means)), key=lambda i: (means[i], -i))
-        base = art["stats"]["baseline_mean"]
-        rec = {"passage_index": art["passage_index"], "title": art["title"], "adapter_means": means,
-               "chosen": best, "tie": means.count(means[best]) > 1, "baseline": base,
-               "improved": means[best] > base}
-        rec["kept"] = rec["improved"] or not require_improvement
-        records.append(rec)
-        if rec["kept"]:
-            p = passages[art["passage_index"]]
-            sft.append({"prompt": p.prompt, "completion": art["completions"][best]["text"]})
+        for j, c in enumerate(art["completions"]):
+            edit = seal.SelfEdit(art["passage_index"], j, (), c["text"])
+            outcomes.append(seal.Outcome(edit, c["stats"]["adapter_mean"], art["stats"]["baseline_mean"],
+                                         failed=c["stats"]["failed_reps"] >= results["eval_times"]))
+    chosen = seal.select(outcomes, seal.SelectRule("best", require_improvement))
+    sft, records = [], []
+    for art, r in zip(results["articles"], chosen.per_item):
+        records.append({"passage_index": art["passage_index"], "title": art["title"], "adapter_means": r["rewards"],
+                        "chosen": r["best"], "tie": r["tie"], "baseline": r["baseline"], "improved": r["improved"],
+                        "kept": bool(r["chosen"])})
+    for o in chosen.kept:
+        sft.append({"prompt": passages[o.edit.item].prompt, "completion": o.edit.text})
     return sft, records
 
 
@@ -541,9 +545,9 @@ def round_passages(train_data: str, rounds: int, n: int, regenerate: bool = Fals
 
 
 def cmd_rest_em(ctx: Context) -> None:
+    from seal_jax import seal, sft as sft_lib
     from seal_jax.knowledge.data import load_passages
     from seal_jax.lora import LoraConfig
-    from seal_jax import sft as sft_lib
     a = ctx.args
     per_round = round_passages(a.train_data, a.rounds, a.n_train_passages, a.regenerate)
     eval_passages = passages_for(a, a.eval_data, None, a.n_eval_passages) if a.eval_data else []
@@ -583,10 +587,10 @@ def cmd_rest_em(ctx: Context) -> None:
                                                     targets=tuple(a.sft_targets.split(","))),
                                     learning_rate=a.sft_lr, epochs=a.sft_epochs, batch_size=a.sft_batch_size,
                                     seed=a.seed + r, checkpoint_every=a.sft_checkpoint_every)
-            prompts = [ctx.ttt.prompt_format.encode(ctx.tokenizer, x["prompt"]) for x in sft_rows]
-            completions = [ctx.tokenizer.encode(x["completion"], add_bos=False) for x in sft_rows]
-            nxt = sft_lib.sft_and_merge(policy, prompts, completions, ctx.tokenizer.eos_token_id, cfg,
-                                        checkpoint_dir=os.path.join(rdir, "sft_checkpoints"))
+            pairs = [seal.TrainingPair(tuple(ctx.ttt.prompt_format.encode(ctx.tokenizer, x["prompt"])),
+                                       tuple(ctx.tokenizer.encode(x["completion"], add_bos=False))) for x in sft_rows]
+            nxt, _ = seal.m_step(policy, pairs, ctx.tokenizer.eos_token_id, cfg,
+                                 checkpoint_dir=os.path.join(rdir, "sft_checkpoints"))
             save_policy(os.path.join(rdir, "policy"), nxt)
             ctx.run.event("policy", round=r + 1)
         policies.append(nxt)
