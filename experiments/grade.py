@@ -8,8 +8,8 @@
 Every input row needs string fields ``question``, ``gold`` and ``prediction``; other fields are kept. When rows carry
 ``gpt41_correct`` the agreement with those GPT-4.1 verdicts is printed with its confusion counts. The grading speed
 (rows/s, model loading excluded) is always printed, so running the offline grader on the verdicts file doubles as its
-CPU benchmark. ``--split heldout`` keeps only the rows of the offline grader's held-out questions (the by-question
-split it was calibrated without), ``--split train`` the others.
+CPU benchmark. ``--split fit|select|report`` keeps only the rows of that part of the offline grader's by-question
+split (``seal_jax.knowledge.grader.SPLITS``): it was fit on "fit", chosen on "select" and only measured on "report".
 
 Bad input (a missing file, invalid JSON, a row without a required field) stops with a one-line error and exit code 2.
 """
@@ -72,8 +72,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--input", required=True, help="JSONL rows with question, gold, prediction")
     ap.add_argument("--output", required=True, help="JSONL written with each row plus a boolean 'correct'")
     ap.add_argument("--grader", default="offline", choices=["offline", "llm", "openai"])
-    ap.add_argument("--split", default="all", choices=["all", "train", "heldout"],
-                    help="grade only the offline grader's train or held-out questions (default: every row)")
+    ap.add_argument("--split", default="all", choices=["all", "fit", "select", "report"],
+                    help="grade only the questions of one part of the offline grader's split (default: every row)")
     g = ap.add_argument_group("offline grader")
     g.add_argument("--params", default=None, help="parameters JSON (default: the shipped offline_grader.json)")
     g = ap.add_argument_group("LLM judge")
@@ -95,9 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows = read_rows(args.input)
         if args.split != "all":
-            from seal_jax.knowledge.grader import is_held_out
-            want = args.split == "heldout"
-            rows = [r for r in rows if is_held_out(r["question"]) == want]
+            from seal_jax.knowledge.grader import split_of
+            rows = [r for r in rows if split_of(r["question"]) == args.split]
         grader = build_grader(args)
     except (InputError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

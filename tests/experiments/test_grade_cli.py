@@ -53,18 +53,18 @@ def test_rows_without_verdicts_and_blank_lines(tmp_path, capsys):
 
 
 def test_split_filters_by_question(tmp_path, capsys):
-    from seal_jax.knowledge.grader import is_held_out
+    from seal_jax.knowledge.grader import split_of
 
-    held_q = "Who was appointed as second in command to Lor Loudoun in 1756?"
-    assert is_held_out(held_q)
-    rows = ROWS + [{"question": held_q, "gold": "Major General James Abercrombie", "prediction": "Lord Loudoun.",
+    fit_q = "Who was appointed as second in command to Lor Loudoun in 1756?"
+    assert [split_of(r["question"]) for r in ROWS] == ["report", "report", "select", "report"]
+    assert split_of(fit_q) == "fit"
+    rows = ROWS + [{"question": fit_q, "gold": "Major General James Abercrombie", "prediction": "Lord Loudoun.",
                     "id": 5}]
     src = _write(tmp_path / "in.jsonl", rows)
-    for split, want in (("heldout", [5]), ("train", [r["id"] for r in ROWS if not is_held_out(r["question"])])):
+    for split, want in (("fit", [5]), ("select", [3]), ("report", [1, 2, 4])):
         out = tmp_path / f"{split}.jsonl"
         assert main(["--input", str(src), "--output", str(out), "--split", split]) == 0
         assert [json.loads(ln)["id"] for ln in out.read_text().splitlines()] == want
-    assert len(want) == 4
 
 
 @pytest.mark.parametrize("lines, message", [

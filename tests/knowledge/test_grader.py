@@ -1,6 +1,7 @@
-"""seal_jax.knowledge.grader: normalisation, the calibrated offline grader (held-out agreement with GPT-4.1 on the
-by-question split, and the substring rule's miss categories), the LLM judge's prompt, parsing and batching with a fake
-generate, and the OpenAI-compatible grader against a local stub server."""
+"""seal_jax.knowledge.grader: normalisation, hand-computed feature values, the fit/select/report split, the exported
+trees against scikit-learn, the calibration protocol's reproducibility, the calibrated offline grader (its agreement
+with GPT-4.1 on the report split, and the substring rule's miss categories), the LLM judge's prompt, parsing and
+batching with a fake generate, and the OpenAI-compatible grader against a local stub server."""
 
 from __future__ import annotations
 
@@ -15,17 +16,18 @@ from seal_jax.knowledge.grader import (
     DEFAULT_PARAMS_PATH,
     FEATURE_NAMES,
     GRADE_TEMPLATE,
+    SPLITS,
     LLMJudge,
     OfflineGrader,
     OpenAIGrader,
     build_grade_prompt,
     canonical_tokens,
-    is_held_out,
     load_verdicts,
     make_grader,
     normalize_answer,
     parse_verdict,
     split_key,
+    split_of,
     tokenize,
 )
 from tests.conftest import shared_path
@@ -77,12 +79,69 @@ def test_features_have_fixed_names_and_order(question, gold, prediction):
     assert len(row) == len(FEATURE_NAMES) and all(isinstance(v, float) for v in row)
 
 
-def test_split_is_by_question_and_ignores_the_topic_line():
+def _features(question, gold, prediction, names):
+    f = G._feature_dict(question, gold, prediction)
+    return {k: f[k] for k in names}
+
+
+def test_hand_computed_feature_values():
+    # gold content stems {major, gener, jam, abercrombi} ("general" -> "gener", "james" -> "jam"); the prediction has
+    # 2 of them and nothing else; "major" and "general" are titles, so the gold's core "james abercrombie" is in it
+    assert _features("Who?", "Major General James Abercrombie", "James Abercrombie", [
+        "sub_squad_full", "pred_in_gold", "exact", "recall_full", "precision_full", "f1_full", "len_gold", "len_full",
+        "name_recall_claim", "gold_core_in_claim", "qtype_2"]) == {
+        "sub_squad_full": 0.0, "pred_in_gold": 1.0, "exact": 0.0, "recall_full": 0.5, "precision_full": 1.0,
+        "f1_full": pytest.approx(2 / 3), "len_gold": 4.0, "len_full": 2.0, "name_recall_claim": 0.5,
+        "gold_core_in_claim": 1.0, "qtype_2": 1.0}
+    # "ten million" and "10,000,000" are one number, 10000000, twice (so the two-token run is not in the answer);
+    # the parenthesis makes two gold alternatives, each fully in the claim; "about" is a hedge
+    assert _features("How many?", "ten million (10,000,000)", "About 10 million people.", [
+        "gold_numbers", "num_recall_full", "gold_is_number", "seq_full", "gold_alternative_recall_claim",
+        "hedges_sent", "qtype_0"]) == {
+        "gold_numbers": 1.0, "num_recall_full": 1.0, "gold_is_number": 1.0, "seq_full": 0.0,
+        "gold_alternative_recall_claim": 1.0, "hedges_sent": 1.0, "qtype_0": 1.0}
+    # tokens it/was/not/1840/or/1841: the gold at position 3 of 6, "not" before it, one extra year, one "or"
+    assert _features("When?", "1840", "It was not 1840 or 1841.", [
+        "negations_claim", "or_claim", "year_recall_claim", "year_extra_claim", "years_equal_claim",
+        "negation_before_match", "match_pos", "match_abs", "gold_is_year", "qtype_1"]) == {
+        "negations_claim": 1.0, "or_claim": 1.0, "year_recall_claim": 1.0, "year_extra_claim": 1.0,
+        "years_equal_claim": 0.0, "negation_before_match": 1.0, "match_pos": 0.5, "match_abs": 3.0,
+        "gold_is_year": 1.0, "qtype_1": 1.0}
+
+
+def test_split_is_by_question_disjoint_and_deterministic():
     q = "Who was appointed as second in command to Lor Loudoun in 1756?"
     assert split_key(f"Topic: French and Indian War\n{q}") == split_key(q) == split_key(q.upper() + "  ")
-    assert is_held_out(f"Topic: X\n{q}") == is_held_out(q)
-    share = sum(is_held_out(f"question number {i}?") for i in range(2000)) / 2000
-    assert 0.15 < share < 0.25
+    # pinned: int(sha1(b"who was appointed as second in command to lor loudoun in 1756").hexdigest()[:8], 16) % 100
+    assert G.split_bucket(q) == 13 and split_of(q) == split_of(f"Topic: X\n{q}") == "fit"
+    assert split_of("Greece's Jewish community spoke what language traditionally?") == "select"
+    assert split_of("What genus has self-fertilization been seen?") == "report"
+    # the parts tile the buckets 0..99 without overlap
+    assert [(lo, hi) for _, lo, hi in SPLITS] == [(0, 60), (60, 80), (80, 100)]
+    names = [split_of(f"question number {i}?") for i in range(3000)]
+    shares = {n: names.count(n) / len(names) for n, _, _ in SPLITS}
+    assert 0.56 < shares["fit"] < 0.64 and 0.17 < shares["select"] < 0.23 and 0.17 < shares["report"] < 0.23
+
+
+def test_agreement_intervals():
+    lo, hi = G.wilson_interval(8, 10)  # the textbook Wilson 95% interval of 8/10
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    assert G.question_bootstrap_interval([True] * 6, list("aabbcc")) == (1.0, 1.0)
+    hits = [True, True, True, False, False, False, True, False] * 10
+    qs = [f"q{i // 4}" for i in range(len(hits))]  # 20 questions of 4 rows: each all-right or all-wrong
+    boot = G.question_bootstrap_interval(hits, qs)
+    assert boot == G.question_bootstrap_interval(hits, qs)  # seeded
+    wilson = G.wilson_interval(sum(hits), len(hits))
+    assert boot[0] <= 0.5 <= boot[1] and boot[1] - boot[0] > wilson[1] - wilson[0]  # rows of a question move together
+    stats = G.agreement_stats(hits, qs)
+    assert stats["rows"] == 80 and stats["questions"] == 20 and stats["agreement"] == 0.5
+
+
+def test_answer_styles():
+    assert G.answer_styles("  ") == ["empty"]
+    assert G.answer_styles("Paris") == ["1-3 words"]
+    assert G.answer_styles("1. Paris\n2. Lyon") == ["4-12 words", "list", "several lines"]  # 4 words
+    assert G.answer_styles("It is probably not Paris, but Lyon.") == ["4-12 words", "hedged or unsure", "negated"]
 
 
 # ============================================================================================== offline grader
@@ -93,39 +152,89 @@ def test_shipped_parameters_are_small_and_match_the_code():
     params = json.loads(DEFAULT_PARAMS_PATH.read_text())
     assert params["format"] == G.PARAMS_FORMAT
     assert tuple(params["feature_names"]) == FEATURE_NAMES
-    assert params["split"]["heldout_percent"] == G.HELDOUT_PERCENT
+    assert params["split"]["parts"] == [list(s) for s in SPLITS]
+    assert params["training"]["hyperparameters"] in [dict(hp) for hp in G.HYPERPARAMETER_GRID]
+    assert params["threshold"] in G.THRESHOLDS
 
 
-def test_heldout_agreement_with_gpt41(offline, verdicts):
-    """The shipped parameters were fit on the train questions only; on the held-out questions they must agree with
-    GPT-4.1 on at least 88% of the rows (the calibration target is 90%)."""
-    held = [r for r in verdicts if is_held_out(r["question"])]
-    train = [r for r in verdicts if not is_held_out(r["question"])]
-    held_q = {split_key(r["question"]) for r in held}
-    train_q = {split_key(r["question"]) for r in train}
-    assert held_q and train_q and not held_q & train_q, "a question is on both sides of the split"
+def test_exported_trees_reproduce_scikit_learn():
+    np = pytest.importorskip("numpy")
+    ensemble = pytest.importorskip("sklearn.ensemble")
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4))
+    y = (X[:, 1] > 0.3) & (X[:, 2] < 1.0) | (X[:, 3] > 1.5)
+    X[rng.random(X.shape) < 0.05] = np.nan  # missing values take the side each node learnt
+    clf = ensemble.HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=7, early_stopping=False,
+                                                  random_state=0).fit(X, y)
+    model = G.load_trees(json.loads(json.dumps(G.export_trees(clf))))
+    assert np.allclose(G.tree_margins(model, X, chunk=64), clf.decision_function(X), atol=1e-6)
+    assert ((G.tree_margins(model, X) > 0) == clf.predict(X)).all()
+
+
+def _synthetic_verdicts(path, n_questions=240):
+    """Rows whose GPT verdict is the gold-substring rule's except on negated answers ("It is not red.")."""
+    rows = []
+    for i in range(n_questions):
+        q, gold = f"Which colour is object number {i}?", ["red", "green", "blue", "violet"][i % 4]
+        for j, pred in enumerate([f"It is {gold}.", "It is orange.", gold, f"It is not {gold}.", ""]):
+            correct = bool(pred) and gold in pred and j != 3
+            rows.append({"question": q, "gold": gold, "prediction": pred, "gpt41_correct": correct})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_fit_protocol_is_reproducible_and_chooses_on_select(tmp_path):
+    pytest.importorskip("sklearn")
+    src = _synthetic_verdicts(tmp_path / "verdicts.jsonl")
+    grid = [{"max_iter": 5, "learning_rate": 0.1, "max_leaf_nodes": 3, "min_samples_leaf": 20},
+            {"max_iter": 40, "learning_rate": 0.1, "max_leaf_nodes": 7, "min_samples_leaf": 5}]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    report = G.fit_offline_grader(src, a, log=lambda _: None, grid=grid)
+    G.fit_offline_grader(src, b, log=lambda _: None, grid=grid)
+    assert a.read_bytes() == b.read_bytes()
+    params = json.loads(a.read_text())
+    table = params["training"]["selection"]
+    best = max(range(len(grid)), key=lambda i: table[i]["select_agreement_at_best_threshold"])
+    assert params["training"]["hyperparameters"] == grid[best] and params["threshold"] == table[best]["best_threshold"]
+    assert params["training"]["rows"] == sum(split_of(f"Which colour is object number {i}?") == "fit"
+                                             for i in range(240)) * 4  # fit questions, non-empty rows only
+    assert set(report) >= {"fit", "select", "report", "select_by_answer_style"}
+    assert report["report"]["offline_grader"]["agreement"] > report["report"]["substring_rule"]["agreement"]
+    assert params["calibration"]["report"] == report["report"]
+    grader = OfflineGrader(a)
+    assert grader.grade(["Which colour is object number 3?"] * 2, ["violet"] * 2, ["It is violet.", "It is red."]) \
+        == [True, False]
+    assert not grader.grade_one("Which colour is object number 3?", "violet", "It is not violet.")
+
+
+def test_report_agreement_with_gpt41(offline, verdicts):
+    """The shipped parameters were fit on the "fit" questions and chosen on "select"; the "report" questions were
+    used for nothing else. On them the grader agrees with GPT-4.1 on 0.8931 of the rows (95% bootstrap interval over
+    questions 0.870-0.915, see benchmarks/RESULTS.md); it must stay at 0.88 or more and well above the substring rule
+    (0.8567 there)."""
+    parts = {name: [r for r in verdicts if split_of(r["question"]) == name] for name, _, _ in SPLITS}
+    keys = {name: {split_key(r["question"]) for r in rows} for name, rows in parts.items()}
+    assert all(keys.values()) and not (keys["fit"] & keys["select"] or keys["fit"] & keys["report"]
+                                       or keys["select"] & keys["report"]), "a question is in two parts"
     params = json.loads(DEFAULT_PARAMS_PATH.read_text())
-    assert params["training"]["rows"] == sum(1 for r in train if r["prediction"].strip())  # fit on the train part
-    assert params["training"]["questions"] <= len(train_q)
+    assert params["training"]["rows"] == sum(1 for r in parts["fit"] if r["prediction"].strip())  # fit part only
+    assert params["training"]["questions"] == len(keys["fit"])
 
+    held = parts["report"]
     got = offline.grade([r["question"] for r in held], [r["gold"] for r in held], [r["prediction"] for r in held])
     truth = [bool(r["gpt41_correct"]) for r in held]
     agree = sum(a == b for a, b in zip(got, truth)) / len(held)
-
-    def sub_rule(r):
-        g, p = normalize_answer(r["gold"]), normalize_answer(r["prediction"])
-        return bool(p) and g in p
-
-    base = sum(sub_rule(r) == t for r, t in zip(held, truth)) / len(held)
+    base = sum(G.substring_rule(r["gold"], r["prediction"]) == t for r, t in zip(held, truth)) / len(held)
+    assert agree == pytest.approx(params["calibration"]["report"]["offline_grader"]["agreement"])
     # the substring rule's two kinds of misses, and how the offline grader does on them
-    fn = [i for i, r in enumerate(held) if truth[i] and not sub_rule(r)]
-    fp = [i for i, r in enumerate(held) if not truth[i] and sub_rule(r)]
-    print(f"\nheld-out: {len(held)} rows over {len(held_q)} questions (train: {len(train)} rows, {len(train_q)} "
-          f"questions); offline grader agreement with GPT-4.1 {agree:.4f}, substring rule {base:.4f}; on the "
-          f"substring rule's misses the offline grader agrees on {sum(got[i] for i in fn)}/{len(fn)} "
-          f"GPT-yes-but-no-substring rows and {sum(not got[i] for i in fp)}/{len(fp)} substring-but-GPT-no rows")
+    fn = [i for i, r in enumerate(held) if truth[i] and not G.substring_rule(r["gold"], r["prediction"])]
+    fp = [i for i, r in enumerate(held) if not truth[i] and G.substring_rule(r["gold"], r["prediction"])]
+    print(f"\nreport: {len(held)} rows over {len(keys['report'])} questions; offline grader agreement with GPT-4.1 "
+          f"{agree:.4f}, substring rule {base:.4f}; on the substring rule's misses the offline grader agrees on "
+          f"{sum(got[i] for i in fn)}/{len(fn)} GPT-yes-but-no-substring rows and {sum(not got[i] for i in fp)}/"
+          f"{len(fp)} substring-but-GPT-no rows")
     assert agree >= 0.88
-    assert agree > base
+    assert agree > base + 0.02
 
 
 def _grade(offline, question, gold, prediction):
@@ -219,18 +328,6 @@ def test_stale_or_foreign_parameters_are_refused(tmp_path):
         OfflineGrader(bad)
     with pytest.raises(FileNotFoundError, match="--fit"):
         OfflineGrader(tmp_path / "missing.json")
-
-
-def test_tree_ensemble_fits_a_simple_rule():
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    X = rng.normal(size=(400, 3))
-    y = (X[:, 1] > 0.3) & (X[:, 2] < 1.0)
-    model = G.fit_trees(X, y, n_trees=40, depth=2, learning_rate=0.3)
-    assert ((G.tree_margins(model, X) > 0) == y).mean() > 0.97
-    again = G._model_from_json(json.loads(json.dumps(G._model_to_json(model))))
-    assert np.allclose(G.tree_margins(again, X), G.tree_margins(model, X), atol=1e-6)
 
 
 def test_make_grader_names():
