@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -74,6 +73,7 @@ import sys
 import time
 from typing import Any
 
+from seal_jax.seal import derive_seed
 from seal_jax.runs import (ArgumentParser, RunDir, check_flags, cli, progress, read_jsonl, resume_stream,
                            write_json)
 
@@ -279,11 +279,6 @@ class Context:
                 raise _Stop()
 
 
-def _seed(base: int, *parts) -> int:
-    h = hashlib.sha256(":".join(map(str, (base,) + parts)).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
 def load_tasks(args) -> tuple[list, list]:
     """(training tasks, evaluation tasks), each with test outputs (they are the reward labels)."""
     from seal_jax import arc
@@ -475,7 +470,7 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
             # own seed, so a sample does not depend on the rows it shares a call with.
             pending.sort(key=lambda p: -len(prompts[p[0]]))
             rows = [prompts[tid] for tid, _ in pending]
-            seeds = [_seed(a.seed, phase, tid, j, attempt) for tid, j in pending]
+            seeds = [derive_seed(a.seed, phase, tid, j, attempt) for tid, j in pending]
             outs: list[list[int]] = []
             for s in progress(range(0, len(rows), a.max_rows), -(-len(rows) // a.max_rows),
                               f"{phase} self-edits", a.no_progress):
@@ -597,27 +592,12 @@ def _complete(ctx: Context, phase: str, tasks) -> dict[str, dict] | None:
 
 
 # ------------------------------------------------------------------------------------------------ ReST-EM
-def save_policy(path: str, model) -> None:
-    from seal_jax.checkpoints.state import StateCheckpointer
-    StateCheckpointer(path, max_to_keep=1).save(0, model.params)
-
-
-def load_policy(path: str, like):
-    import seal_jax
-    from seal_jax.checkpoints.state import StateCheckpointer
-    if not os.path.isdir(path):
-        return None
-    ck = StateCheckpointer(path, max_to_keep=1)
-    if ck.latest_step() is None:
-        return None
-    return seal_jax.Model(like.config, ck.restore(like.params))
-
-
 def bc_phase(ctx: Context):
     """ReST-EM's M-step: clone the (prompt, configuration) pairs of the training self-edits that solved their task
     (all parsed ones with --bc-include-failures) with LoRA SFT through `seal_jax.sft`, merge, save. Returns the merged
     policy, or None when there is nothing to clone (recorded in bc/summary.json)."""
     from seal_jax import seal, sft
+    from seal_jax.checkpoints.state import load_policy, save_policy
     from seal_jax.lora import LoraConfig
     a = ctx.args
     summary_path = ctx.run.file("bc", "summary.json")
@@ -803,6 +783,7 @@ def write_results(ctx: Context) -> dict:
 
 # ------------------------------------------------------------------------------------------------ main
 def run_phases(ctx: Context) -> None:
+    from seal_jax.checkpoints.state import load_policy
     a = ctx.args
     phases = _names(a.phases)
     if "train" in phases:

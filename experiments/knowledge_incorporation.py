@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import random
@@ -327,8 +326,9 @@ def passages_for(args, data_path: str | None, self_edits_path: str | None, n: in
 
 
 def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc="self-edits"):
-    """Sample k self-edits per passage from the policy (or reuse the file written by an earlier run)."""
-    from seal_jax import generation
+    """Sample k self-edits per passage from the policy (`seal_jax.seal.sample_self_edits`), or reuse the file written
+    by an earlier run."""
+    from seal_jax import seal
     from seal_jax.knowledge.data import load_passages
 
     if os.path.exists(path):
@@ -342,14 +342,12 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
                          f"{model.config.max_position_embeddings} positions (prompt included); lower it")
     ids = [fmt.encode(ctx.tokenizer, text) for text in prompts]
     owners = [(i, j) for i in range(len(passages)) for j in range(k)]
-    stop = fmt.stop_ids(ctx.tokenizer)
+    sampling = seal.Sampling(temperature=a.temperature, top_p=a.top_p, max_new_tokens=a.max_self_edit_tokens,
+                             stop_token_ids=tuple(fmt.stop_ids(ctx.tokenizer)))
 
     def work(part):  # one generate call per 64 samples; each sample has its own seed, so batching cannot change it
-        seeds = [_seed(a.seed, "self-edit", i, j) for i, j in part]
-        outs = generation.generate(model, [ids[i] for i, _ in part], max_new_tokens=a.max_self_edit_tokens,
-                                   temperature=a.temperature, top_p=a.top_p, seed=seeds, stop_token_ids=stop,
-                                   mesh=ctx.mesh)
-        return [{"key": f"{i}/{j}", "text": ctx.tokenizer.decode(o).strip()} for (i, j), o in zip(part, outs)]
+        edits = seal.sample_self_edits(model, ctx.tokenizer, ids, part, sampling, a.seed, mesh=ctx.mesh)
+        return [{"key": f"{e.item}/{e.sample}", "text": e.text} for e in edits]
 
     # every finished chunk is kept (a JSONL beside the file), so a killed stage resumes with the samples it had
     done = resume_records(path + ".partial.jsonl", owners, key=lambda o: f"{o[0]}/{o[1]}", record_key="key",
@@ -362,11 +360,6 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
             os.remove(path + ".partial.jsonl")  # its samples are all in the file now
     ctx.run.event("self_edits", path=path, passages=len(out), k=k)
     return out
-
-
-def _seed(base: int, *parts) -> int:
-    h = hashlib.sha256(":".join(map(str, (base,) + parts)).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
 
 
 def baseline_stage(ctx: Context, passages, path: str, model=None) -> dict[int, dict]:
@@ -511,20 +504,6 @@ def select_best(passages, results: dict, require_improvement: bool) -> tuple[lis
     return sft, records
 
 
-def save_policy(path: str, model) -> None:
-    from seal_jax.checkpoints.state import StateCheckpointer
-    StateCheckpointer(path, max_to_keep=1).save(0, model.params)
-
-
-def load_policy(path: str, like):
-    from seal_jax.checkpoints.state import StateCheckpointer
-    import seal_jax
-    ck = StateCheckpointer(path, max_to_keep=1)
-    if ck.latest_step() is None:
-        return None
-    return seal_jax.Model(like.config, ck.restore(like.params))
-
-
 def round_passages(train_data: str, rounds: int, n: int, regenerate: bool = False) -> list[list]:
     """The training passages of each ReST-EM round (`--train-data`): one file for every round (ours), or one file per
     round, comma-separated (the original ranked new passages each round). Round 0 keeps a file's completions (unless
@@ -546,6 +525,7 @@ def round_passages(train_data: str, rounds: int, n: int, regenerate: bool = Fals
 
 def cmd_rest_em(ctx: Context) -> None:
     from seal_jax import seal, sft as sft_lib
+    from seal_jax.checkpoints.state import load_policy, save_policy
     from seal_jax.knowledge.data import load_passages
     from seal_jax.lora import LoraConfig
     a = ctx.args

@@ -56,3 +56,20 @@ class StateCheckpointer:
 
     def close(self) -> None:
         self._mgr.close()
+
+
+def save_policy(path: str, model) -> None:
+    """A policy's parameters (a `seal_jax.Model`) as one orbax checkpoint under `path` (a ReST-EM round's output)."""
+    StateCheckpointer(path, max_to_keep=1).save(0, model.params)
+
+
+def load_policy(path: str, like):
+    """The policy saved by `save_policy` at `path`, shaped like `like` (a `seal_jax.Model` of the same config), or
+    None when nothing was saved there yet (a round not finished)."""
+    from seal_jax.models.model import Model
+    if not os.path.isdir(path):
+        return None
+    ck = StateCheckpointer(path, max_to_keep=1)
+    if ck.latest_step() is None:
+        return None
+    return Model(like.config, ck.restore(like.params))

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
-from seal_jax.models.model import Model
+if TYPE_CHECKING:
+    from seal_jax.models.model import Model
 
 __all__ = ["Outcome", "RoundConfig", "RoundResult", "Sampling", "Selection", "SelectRule", "SelfEdit", "Task",
            "TrainingPair", "derive_seed", "m_step", "rest_em_round", "sample_self_edits", "select", "training_pair"]
