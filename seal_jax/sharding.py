@@ -1,6 +1,6 @@
 """The one table of sharding rules: logical axis names -> mesh axes.
 
-Every parameter leaf has logical axes (`PARAM_AXES`); `RULES` maps each logical axis to a mesh axis (or None for
+Every parameter leaf has logical axes (its row of the parameter schema, `seal_jax.models.schema.param_axes`); `RULES` maps each logical axis to a mesh axis (or None for
 replicated). A dimension whose size does not divide by its mesh axis stays replicated (e.g. Qwen2.5-7B's 4 kv heads on
 an 8-way model axis). Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor parallel).
 """
@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seal_jax.models.config import ModelConfig
+from seal_jax.models.schema import param_axes
 
 RULES: dict[str, str | None] = {
     "adapter": "adapter",  # leading adapter axis of LoRA weights, optimizer state and per-adapter batches
@@ -29,26 +30,6 @@ RULES: dict[str, str | None] = {
     "lora_rank": None,
     "length": None,
 }
-
-# Logical axes of every parameter, by its path in the params tree ("/"-joined).
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embedding": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm/scale": ("norm",),
-    "layers/input_norm/scale": ("layers", "norm"),
-    "layers/post_attn_norm/scale": ("layers", "norm"),
-    "layers/attn/q/kernel": ("layers", "embed", "q_heads", "head_dim"),
-    "layers/attn/k/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/attn/v/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/attn/q/bias": ("layers", "q_heads", "head_dim"),
-    "layers/attn/k/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/attn/v/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/attn/o/kernel": ("layers", "q_heads", "head_dim", "embed"),
-    "layers/mlp/gate/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/up/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/down/kernel": ("layers", "mlp", "embed"),
-}
-
 
 def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
                     rules: dict[str, str | None] = RULES) -> P:
@@ -76,11 +57,13 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, params: Any = None) -> Any:
         from seal_jax.models.model import abstract_params
         params = abstract_params(cfg)
 
+    axes = param_axes()
+
     def one(path, leaf):
         key = _path_str(path)
-        if key not in PARAM_AXES:
-            raise KeyError(f"no sharding rule for parameter {key}")
-        return NamedSharding(mesh, logical_to_spec(PARAM_AXES[key], leaf.shape, mesh))
+        if key not in axes:
+            raise KeyError(f"no parameter schema row for {key}")
+        return NamedSharding(mesh, logical_to_spec(axes[key], leaf.shape, mesh))
 
     return jax.tree_util.tree_map_with_path(one, params)
 
