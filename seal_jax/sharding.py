@@ -1,12 +1,16 @@
 """The one table of sharding rules: logical axis names -> mesh axes.
 
-Every parameter leaf has logical axes (its row of the parameter schema, `seal_jax.models.schema.param_axes`); `RULES` maps each logical axis to a mesh axis (or None for
-replicated). A dimension whose size does not divide by its mesh axis stays replicated (e.g. Qwen2.5-7B's 4 kv heads on
-an 8-way model axis). Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor parallel).
+Every parameter leaf has logical axes (its row of the parameter schema: `seal_jax.models.schema.param_axes`); `RULES`
+maps each logical axis to a mesh axis (or None for replicated). A rule that cannot apply replicates its dimension: a size that does not divide by the mesh axis
+(e.g. Qwen2.5-7B's 4 kv heads on an 8-way model axis), a mesh axis an earlier dimension already uses, or a mesh without
+that axis. Each such dropped rule is logged once (logger "seal_jax.sharding", WARNING) with the logical axis, its size,
+the mesh axis and the reason. Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor
+parallel).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
@@ -15,6 +19,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.schema import param_axes
+
+logger = logging.getLogger(__name__)
 
 RULES: dict[str, str | None] = {
     "adapter": "adapter",  # leading adapter axis of LoRA weights, optimizer state and per-adapter batches
@@ -31,19 +37,42 @@ RULES: dict[str, str | None] = {
     "length": None,
 }
 
+_logged: set[str] = set()
+
+
+def _drop(name: str, size: int, mesh_axis: str, reason: str, log: bool) -> None:
+    if not log:
+        return
+    msg = f"sharding rule {name!r} -> {mesh_axis!r} dropped for a dimension of size {size}: {reason}; replicated"
+    if msg not in _logged:
+        _logged.add(msg)
+        logger.warning(msg)
+
+
 def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
-                    rules: dict[str, str | None] = RULES) -> P:
-    """PartitionSpec for a tensor with these logical axes; non-divisible or already-used mesh axes replicate."""
+                    rules: dict[str, str | None] = RULES, log: bool = True) -> P:
+    """PartitionSpec for a tensor with these logical axes. A rule that cannot apply (its mesh axis is missing from the
+    mesh, already used by an earlier dimension, or does not divide the size) replicates that dimension and is logged
+    (unless `log` is False: the planner's what-if meshes)."""
     used: set[str] = set()
     spec = []
     for name, size in zip(axes, shape):
         mesh_axis = rules.get(name)
-        if (mesh_axis is None or mesh_axis not in mesh.shape or mesh_axis in used
-                or size % mesh.shape[mesh_axis] != 0):
+        if mesh_axis is None:  # replicated by the rules (or a dimension with no logical axis, "_")
             spec.append(None)
+            continue
+        if mesh_axis not in mesh.shape:
+            _drop(name, size, mesh_axis, f"the mesh has no {mesh_axis!r} axis (axes {tuple(mesh.shape)})", log)
+        elif mesh_axis in used:
+            _drop(name, size, mesh_axis, f"{mesh_axis!r} already shards an earlier dimension of this tensor", log)
+        elif size % mesh.shape[mesh_axis] != 0:
+            _drop(name, size, mesh_axis,
+                  f"{size} does not divide by the {mesh.shape[mesh_axis]}-way {mesh_axis!r} axis", log)
         else:
             spec.append(mesh_axis)
             used.add(mesh_axis)
+            continue
+        spec.append(None)
     return P(*spec)
 
 
