@@ -1,7 +1,8 @@
 """The one table of sharding rules: logical axis names -> mesh axes.
 
-Every parameter leaf has logical axes (its row of the parameter schema: `seal_jax.models.schema.param_axes`); `RULES`
-maps each logical axis to a mesh axis (or None for replicated). A rule that cannot apply replicates its dimension: a size that does not divide by the mesh axis
+Every parameter leaf has logical axes (its row of the parameter schema: `seal_jax.models.schema.param_axes`), and so do
+the activations pinned at the layer boundaries (`ACTIVATION_AXES`); `RULES` maps each logical axis to a mesh axis (or
+None for replicated). A rule that cannot apply replicates its dimension: a size that does not divide by the mesh axis
 (e.g. Qwen2.5-7B's 4 kv heads on an 8-way model axis), a mesh axis an earlier dimension already uses, or a mesh without
 that axis. Each such dropped rule is logged once (logger "seal_jax.sharding", WARNING) with the logical axis, its size,
 the mesh axis and the reason. Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor
@@ -10,6 +11,7 @@ parallel).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -36,6 +38,13 @@ RULES: dict[str, str | None] = {
     "lora_rank": None,
     "length": None,
 }
+
+# The residual stream x [B, T, D], pinned at every layer boundary (input and output of each decoder layer) while a
+# mesh is set (`mesh_context`): length and hidden by these rules (replicated: the "model" axis splits heads and the
+# MLP inside a layer, never the stream between layers). The batch dim is left UNCONSTRAINED for GSPMD to carry what
+# the inputs hold: generation rows spread over "adapter", or one adapter's rows under the inner loop's vmap over
+# adapters (whose vmapped axis holds "adapter").
+ACTIVATION_AXES = ("length", "embed")  # after the batch dim
 
 _logged: set[str] = set()
 
@@ -74,6 +83,17 @@ def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
             continue
         spec.append(None)
     return P(*spec)
+
+
+def activation_spec(shape: tuple[int, ...], mesh) -> P:
+    """The layer-boundary PartitionSpec of an activation [B, T, D] (see ACTIVATION_AXES)."""
+    return P(P.UNCONSTRAINED, *logical_to_spec(ACTIVATION_AXES, tuple(shape[1:]), mesh))
+
+
+def mesh_context(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)` (the model then pins its activations on it), or nothing for mesh=None (single device:
+    the programs are exactly the unsharded ones)."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def _path_str(path) -> str:

@@ -14,7 +14,8 @@ import sys
 import jax
 import pytest
 
-from seal_jax.sharding import logical_to_spec
+import seal_jax
+from seal_jax.sharding import logical_to_spec, make_mesh, mesh_context
 from tests.conftest import assert_varied
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,3 +94,17 @@ def test_a_mesh_without_the_axis_replicates_and_logs(caplog):
         assert logical_to_spec(("vocab", "embed"), (12345, 64), mesh, log=False) == replicated
     assert caplog.messages == ["sharding rule 'vocab' -> 'model' dropped for a dimension of size 12345: the mesh "
                                "has no 'model' axis (axes ('data',)); replicated"]
+
+
+def test_activations_are_pinned_only_under_a_mesh():
+    """Single device: the layer program has no sharding constraint; under `mesh_context` each layer boundary has one
+    (the residual stream: batch left to propagate, length and hidden replicated)."""
+    cfg = seal_jax.get_preset("tiny-qwen2")
+    model = seal_jax.init_model(cfg)
+    tokens = jax.numpy.zeros((2, 8), jax.numpy.int32)
+    fn = jax.jit(lambda m, t: m.apply(t, t, t + 1)[0])
+    assert "sharding_constraint" not in str(jax.make_jaxpr(fn)(model, tokens))
+    with mesh_context(make_mesh(1, 1)):
+        jaxpr = str(jax.make_jaxpr(fn)(model, tokens))
+    assert jaxpr.count("sharding_constraint") == 2  # the scanned layer's input and output
+    assert "P(UNCONSTRAINED, None, None)" in jaxpr

@@ -168,6 +168,16 @@ def mlp(p, x, lora, cfg: ModelConfig) -> Array:
     return proj("down", "btf,fd->btd", jax.nn.silu(gate) * up)
 
 
+def pin_activation(x: Array) -> Array:
+    """x [B, T, D] at a layer boundary, constrained to the sharding rules' layout when a mesh is set
+    (`seal_jax.sharding.mesh_context`); unchanged (no op in the program) otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    from seal_jax.sharding import activation_spec
+    return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, mesh))
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm block. Scanned: carry = (x, cache); per-layer inputs = (layer index, this layer's LoRA)."""
 
@@ -180,11 +190,12 @@ class DecoderLayer(nn.Module):
         x, cache = carry
         layer_idx, lora = per_layer
         p = _group_params(self, cfg, "layers", self.param_dtype)  # this layer's slice of params["layers"]
+        x = pin_activation(x)  # [B, T, D]
         h, cache = attention(p["attn"], rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps), cos, sin,
                              segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index, cfg)
         x = x + h
         x = x + mlp(p["mlp"], rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), lora, cfg)
-        return (x, cache), None
+        return (pin_activation(x), cache), None
 
 
 class Transformer(nn.Module):
