@@ -21,11 +21,10 @@ import numpy as np
 
 import seal_jax
 from seal_jax import engine, planner
-from seal_jax.lora import LoraConfig
+from seal_jax.lora import ALL_TARGETS as ALL, LoraConfig
 from seal_jax.models.model import Model, abstract_params
 
 QV = ("q", "v")
-ALL = ("q", "k", "v", "o", "gate", "up", "down")
 SMALL = [  # preset, vocab, K, R, T, LoRA
     ("small-qwen2", 16384, 16, 4, 256, LoraConfig(rank=32, alpha=64.0, targets=QV)),
     ("small-llama", 16384, 8, 2, 512, LoraConfig(rank=64, alpha=16.0, targets=("q", "v", "gate", "up", "down"))),

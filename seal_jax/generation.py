@@ -224,9 +224,11 @@ def _run(model: Model, lora, row_adapters: np.ndarray | None, prompts: list[list
         cache = init_cache(cfg, B, S, model.dtype)
     else:
         rows, cache = _place_rows(mesh, cfg, B, S, model.dtype, rows)
-    logits, cache = _prefill(model, lora, groups, rows["tokens"], rows["pos"], rows["seg"], cache)
-    out, n_gen = decode_windows(model, lora, groups, cache, logits, rows["lengths"], rows["keys"], rows["temps"],
-                                rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
+    from seal_jax.sharding import mesh_context
+    with mesh_context(mesh):  # the model pins its layer-boundary activations on the mesh
+        logits, cache = _prefill(model, lora, groups, rows["tokens"], rows["pos"], rows["seg"], cache)
+        out, n_gen = decode_windows(model, lora, groups, cache, logits, rows["lengths"], rows["keys"], rows["temps"],
+                                    rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
     from seal_jax.distributed import gather
     out, n_gen = gather((out, n_gen))
     result: list[list[int]] = [[] for _ in range(B)]

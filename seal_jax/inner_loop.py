@@ -42,6 +42,8 @@ from seal_jax.buckets import batch_bucket, bucket
 from seal_jax.losses import next_token_nll
 from seal_jax.lora import Lora
 from seal_jax.models.model import Model
+from seal_jax.sharding import mesh_context
+
 LOSS_MODES = ("all", "completion", "compat_padding")
 SCHEDULES = optim.SCHEDULES  # the inner loop's public vocabulary (TrainSpec.schedule), defined with the optimiser
 lr_at = optim.lr_at
@@ -377,7 +379,8 @@ def train(model: Model, state: TrainState, plan: TrainPlan, num_steps: int | Non
     remaining = max(num_steps, 0)
     while remaining > 0:
         n = remaining if chunk is None else min(chunk, remaining)
-        state = _train_chunk(model, state, arrays, jnp.int32(n))
+        with mesh_context(mesh):  # the model pins its layer-boundary activations on the mesh
+            state = _train_chunk(model, state, arrays, jnp.int32(n))
         remaining -= n
         if callback is not None:
             callback(state)

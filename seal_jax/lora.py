@@ -1,6 +1,7 @@
 """Functional LoRA: adapters as a pytree separate from the frozen base.
 
-For each target projection (any of q, k, v, o, gate, up, down) an adapter holds
+For each target projection (a row of the parameter schema with a LoRA name: q, k, v, o, gate, up, down) an
+adapter holds
     a [*A, L, in, r]   (PEFT's lora_A.weight transposed; kaiming-uniform init, i.e. U(-1/sqrt(in), 1/sqrt(in)))
     b [*A, L, r, out]  (PEFT's lora_B.weight transposed; zero init)
 and the update is  y += scale * (x @ a) @ b  with scale = alpha / r (alpha / sqrt(r) with rsLoRA). `*A` is an
@@ -18,14 +19,12 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from seal_jax.models import schema
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.model import Model, as_dtype
-from seal_jax.models.transformer import LORA_TARGETS, lora_shapes
 
-ALL_TARGETS = LORA_TARGETS
-# PEFT module names <-> ours
-PEFT_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
-                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+# Every LoRA target the parameter schema has (q, k, v, o, gate, up, down), as of import; checks read the schema.
+ALL_TARGETS = schema.lora_targets()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,9 +39,10 @@ class LoraConfig:
     def __post_init__(self):
         targets = tuple(self.targets)
         object.__setattr__(self, "targets", targets)
-        bad = [t for t in targets if t not in ALL_TARGETS]
+        known = schema.lora_targets()
+        bad = [t for t in targets if t not in known]
         if bad or not targets:
-            raise ValueError(f"unknown LoRA target(s) {bad or '[]'} (choose from {', '.join(ALL_TARGETS)})")
+            raise ValueError(f"unknown LoRA target(s) {bad or '[]'} (choose from {', '.join(known)})")
         if self.rank <= 0:
             raise ValueError(f"LoRA rank must be positive, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
@@ -125,7 +125,7 @@ def init_lora(model_cfg: ModelConfig, lora_cfg: LoraConfig, key, num_adapters: i
     as the original ARC code re-initialises from one seed).
     """
     dt = as_dtype(lora_cfg.dtype)
-    shapes = lora_shapes(model_cfg)
+    shapes = schema.lora_shapes(model_cfg)
     L, r = model_cfg.num_layers, lora_cfg.rank
     lead = () if num_adapters is None else (num_adapters,)
     weights = {}
@@ -160,19 +160,18 @@ def merge(model: Model, lora: Lora) -> Model:
     if lora.num_adapters is not None:
         raise ValueError("merge takes a single adapter; use lora.adapter(k) to pick one from a batch")
     params = jax.tree.map(lambda x: x, model.params)  # shallow structural copy
-    layers = params["layers"]
+    specs = schema.lora_specs()
     for name in lora.weights:
-        delta = lora_delta_weight(lora, name)  # [L, in, out]
-        group = "attn" if name in ("q", "k", "v", "o") else "mlp"
-        kernel = layers[group][name]["kernel"]
-        if name == "o":  # [L, H, Dh, D] <- [L, H*Dh, D]
-            delta = delta.reshape(kernel.shape)
-        elif group == "attn":  # [L, D, N, Dh] <- [L, D, N*Dh]
-            delta = delta.reshape(kernel.shape)
-        layers[group][name]["kernel"] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
+        *groups, leaf = specs[name].keys
+        node = params
+        for k in groups:
+            node = node[k]
+        kernel = node[leaf]  # [L, *kernel] (q/k/v: [L, D, N, Dh], o: [L, H, Dh, D], mlp: [L, in, out])
+        delta = lora_delta_weight(lora, name).reshape(kernel.shape)  # [L, in, out] -> the kernel's head split
+        node[leaf] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
     return Model(model.config, params)
 
 
 def num_lora_params(model_cfg: ModelConfig, lora_cfg: LoraConfig) -> int:
-    shapes = lora_shapes(model_cfg)
+    shapes = schema.lora_shapes(model_cfg)
     return model_cfg.num_layers * sum(lora_cfg.rank * (shapes[t][0] + shapes[t][1]) for t in lora_cfg.targets)

@@ -25,10 +25,10 @@ import types
 import numpy as np
 
 from seal_jax.lora import LoraConfig, num_lora_params
-from seal_jax.models.grouped import resolve_backend, tile_size
-from seal_jax.models.transformer import lora_shapes
 from seal_jax.models.config import ModelConfig
-from seal_jax.sharding import PARAM_AXES, logical_to_spec
+from seal_jax.models.grouped import resolve_backend, tile_size
+from seal_jax.models.schema import lora_shapes, param_axes
+from seal_jax.sharding import logical_to_spec
 
 GiB = 1024 ** 3
 # Device memory (bytes) per chip by name.
@@ -91,9 +91,10 @@ def weight_bytes(cfg: ModelConfig, mesh: tuple[int, int], dtype: str) -> int:
     item = _ITEMSIZE[dtype]
     fake = _mesh(mesh)
     total = 0
+    axes = param_axes()
     for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]:
         key = "/".join(str(getattr(k, "key", k)) for k in path)
-        spec = logical_to_spec(PARAM_AXES[key], leaf.shape, fake)
+        spec = logical_to_spec(axes[key], leaf.shape, fake, log=False)  # a what-if mesh: nothing to warn about
         shards = math.prod(fake.shape[a] for a in spec if a is not None)
         total += int(np.prod(leaf.shape)) * item // shards
     return total

@@ -1,12 +1,18 @@
 """The one table of sharding rules: logical axis names -> mesh axes.
 
-Every parameter leaf has logical axes (`PARAM_AXES`); `RULES` maps each logical axis to a mesh axis (or None for
-replicated). A dimension whose size does not divide by its mesh axis stays replicated (e.g. Qwen2.5-7B's 4 kv heads on
-an 8-way model axis). Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor parallel).
+Every parameter leaf has logical axes (its row of the parameter schema: `seal_jax.models.schema.param_axes`), and so do
+the activations pinned at the layer boundaries (`ACTIVATION_AXES`); `RULES` maps each logical axis to a mesh axis (or
+None for replicated). A rule that cannot apply replicates its dimension: a size that does not divide by the mesh axis
+(e.g. Qwen2.5-7B's 4 kv heads on an 8-way model axis), a mesh axis an earlier dimension already uses, or a mesh without
+that axis. Each such dropped rule is logged once (logger "seal_jax.sharding", WARNING) with the logical axis, its size,
+the mesh axis and the reason. Mesh axes: "adapter" (self-edits / data spread across devices) and "model" (tensor
+parallel).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 import jax
@@ -14,6 +20,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seal_jax.models.config import ModelConfig
+from seal_jax.models.schema import param_axes
+
+logger = logging.getLogger(__name__)
 
 RULES: dict[str, str | None] = {
     "adapter": "adapter",  # leading adapter axis of LoRA weights, optimizer state and per-adapter batches
@@ -30,40 +39,61 @@ RULES: dict[str, str | None] = {
     "length": None,
 }
 
-# Logical axes of every parameter, by its path in the params tree ("/"-joined).
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embedding": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm/scale": ("norm",),
-    "layers/input_norm/scale": ("layers", "norm"),
-    "layers/post_attn_norm/scale": ("layers", "norm"),
-    "layers/attn/q/kernel": ("layers", "embed", "q_heads", "head_dim"),
-    "layers/attn/k/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/attn/v/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/attn/q/bias": ("layers", "q_heads", "head_dim"),
-    "layers/attn/k/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/attn/v/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/attn/o/kernel": ("layers", "q_heads", "head_dim", "embed"),
-    "layers/mlp/gate/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/up/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/down/kernel": ("layers", "mlp", "embed"),
-}
+# The residual stream x [B, T, D], pinned at every layer boundary (input and output of each decoder layer) while a
+# mesh is set (`mesh_context`): length and hidden by these rules (replicated: the "model" axis splits heads and the
+# MLP inside a layer, never the stream between layers). The batch dim is left UNCONSTRAINED for GSPMD to carry what
+# the inputs hold: generation rows spread over "adapter", or one adapter's rows under the inner loop's vmap over
+# adapters (whose vmapped axis holds "adapter").
+ACTIVATION_AXES = ("length", "embed")  # after the batch dim
+
+_logged: set[str] = set()
+
+
+def _drop(name: str, size: int, mesh_axis: str, reason: str, log: bool) -> None:
+    if not log:
+        return
+    msg = f"sharding rule {name!r} -> {mesh_axis!r} dropped for a dimension of size {size}: {reason}; replicated"
+    if msg not in _logged:
+        _logged.add(msg)
+        logger.warning(msg)
 
 
 def logical_to_spec(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
-                    rules: dict[str, str | None] = RULES) -> P:
-    """PartitionSpec for a tensor with these logical axes; non-divisible or already-used mesh axes replicate."""
+                    rules: dict[str, str | None] = RULES, log: bool = True) -> P:
+    """PartitionSpec for a tensor with these logical axes. A rule that cannot apply (its mesh axis is missing from the
+    mesh, already used by an earlier dimension, or does not divide the size) replicates that dimension and is logged
+    (unless `log` is False: the planner's what-if meshes)."""
     used: set[str] = set()
     spec = []
     for name, size in zip(axes, shape):
         mesh_axis = rules.get(name)
-        if (mesh_axis is None or mesh_axis not in mesh.shape or mesh_axis in used
-                or size % mesh.shape[mesh_axis] != 0):
+        if mesh_axis is None:  # replicated by the rules (or a dimension with no logical axis, "_")
             spec.append(None)
+            continue
+        if mesh_axis not in mesh.shape:
+            _drop(name, size, mesh_axis, f"the mesh has no {mesh_axis!r} axis (axes {tuple(mesh.shape)})", log)
+        elif mesh_axis in used:
+            _drop(name, size, mesh_axis, f"{mesh_axis!r} already shards an earlier dimension of this tensor", log)
+        elif size % mesh.shape[mesh_axis] != 0:
+            _drop(name, size, mesh_axis,
+                  f"{size} does not divide by the {mesh.shape[mesh_axis]}-way {mesh_axis!r} axis", log)
         else:
             spec.append(mesh_axis)
             used.add(mesh_axis)
+            continue
+        spec.append(None)
     return P(*spec)
+
+
+def activation_spec(shape: tuple[int, ...], mesh) -> P:
+    """The layer-boundary PartitionSpec of an activation [B, T, D] (see ACTIVATION_AXES)."""
+    return P(P.UNCONSTRAINED, *logical_to_spec(ACTIVATION_AXES, tuple(shape[1:]), mesh))
+
+
+def mesh_context(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)` (the model then pins its activations on it), or nothing for mesh=None (single device:
+    the programs are exactly the unsharded ones)."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def _path_str(path) -> str:
@@ -76,11 +106,13 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, params: Any = None) -> Any:
         from seal_jax.models.model import abstract_params
         params = abstract_params(cfg)
 
+    axes = param_axes()
+
     def one(path, leaf):
         key = _path_str(path)
-        if key not in PARAM_AXES:
-            raise KeyError(f"no sharding rule for parameter {key}")
-        return NamedSharding(mesh, logical_to_spec(PARAM_AXES[key], leaf.shape, mesh))
+        if key not in axes:
+            raise KeyError(f"no parameter schema row for {key}")
+        return NamedSharding(mesh, logical_to_spec(axes[key], leaf.shape, mesh))
 
     return jax.tree_util.tree_map_with_path(one, params)
 

@@ -20,7 +20,8 @@ import transformers
 
 import seal_jax
 from seal_jax import inner_loop as il
-from seal_jax.lora import PEFT_MODULES, LoraConfig, init_lora
+from seal_jax.lora import LoraConfig, init_lora
+from seal_jax.models.schema import peft_modules
 from tests.conftest import build_hf_model
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # every projection: checks the PEFT mapping of each
@@ -111,7 +112,7 @@ def test_inner_loop_matches_torch_adamw_peft(base, tmp_path, schedule, warmup, w
     for t in TARGETS:
         for ab in ("a", "b"):
             for i in range(model.config.num_layers):
-                key = f"base_model.model.model.layers.{i}.{PEFT_MODULES[t]}.lora_{ab.upper()}.default.weight"
+                key = f"base_model.model.model.layers.{i}.{peft_modules()[t]}.lora_{ab.upper()}.default.weight"
                 theirs = trained.pop(key).T
                 ours, init = np.asarray(state.lora.weights[t][ab][0, i]), np.asarray(lora.weights[t][ab][0, i])
                 assert np.abs(theirs - init).max() > 100 * 1e-5, (t, ab, i, "the weights hardly moved")

@@ -1,17 +1,21 @@
-"""Sharded == single-device on 8 simulated CPU devices, for meshes (8,1), (4,2), (2,4), (1,8).
+"""Sharded == single-device on 8 simulated CPU devices, for meshes (8,1), (4,2), (2,4), (1,8), and the exact specs the
+sharding rules give on a real (2, 4) mesh.
 
-JAX fixes the device count when it starts, so the check runs in a fresh process with
+JAX fixes the device count when it starts, so these checks run in a fresh process with
 XLA_FLAGS=--xla_force_host_platform_device_count=8.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from seal_jax.sharding import PARAM_AXES, logical_to_spec, make_mesh
+import seal_jax
+from seal_jax.sharding import logical_to_spec, make_mesh, mesh_context
 from tests.conftest import assert_varied
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +39,72 @@ def test_sharded_equals_single_device(preset):
     assert result["(8, 1)"]["adapter_axis_sharded"]  # adapters spread over 8 devices
 
 
+def run_on_8_devices(*args: str) -> dict:
+    """`python -m tests.sharding_specs *args` under 8 simulated CPU devices (a real (2, 4) mesh); its JSON line."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "tests.sharding_specs", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# Exact specs of tiny-qwen2's parameters (H=4, K=2, F=128, V=512) on a (adapter=2, model=4) mesh: heads, MLP hidden
+# and vocab split 4 ways over "model"; the 2 kv heads do not divide by 4 and stay replicated.
+TINY_QWEN2_SPECS_2x4 = {
+    "embedding": ["model", None],
+    "lm_head": [None, "model"],
+    "final_norm/scale": [None],
+    "layers/input_norm/scale": [None, None],
+    "layers/post_attn_norm/scale": [None, None],
+    "layers/attn/q/kernel": [None, None, "model", None],
+    "layers/attn/k/kernel": [None, None, None, None],
+    "layers/attn/v/kernel": [None, None, None, None],
+    "layers/attn/q/bias": [None, "model", None],
+    "layers/attn/k/bias": [None, None, None],
+    "layers/attn/v/bias": [None, None, None],
+    "layers/attn/o/kernel": [None, "model", None, None],
+    "layers/mlp/gate/kernel": [None, None, "model"],
+    "layers/mlp/up/kernel": [None, None, "model"],
+    "layers/mlp/down/kernel": [None, "model", None],
+}
+
+
 def test_rules_replicate_what_does_not_divide():
-    import jax
-    mesh = make_mesh(1, 1)
-    assert logical_to_spec(("embed", "kv_heads"), (64, 4), mesh) == jax.sharding.PartitionSpec(None, "model")
-    assert all(isinstance(v, tuple) for v in PARAM_AXES.values())
+    r = run_on_8_devices("rules")
+    assert r["kv_heads_divide"] == {"spec": [None, "model"], "log": []}
+    assert r["kv_heads_do_not_divide"] == {"spec": [None, None], "log": [
+        "sharding rule 'kv_heads' -> 'model' dropped for a dimension of size 2: 2 does not divide by the 4-way "
+        "'model' axis; replicated"]}
+    assert r["model_axis_used_twice"] == {"spec": ["model", None], "log": [
+        "sharding rule 'mlp' -> 'model' dropped for a dimension of size 128: 'model' already shards an earlier "
+        "dimension of this tensor; replicated"]}
+    assert r["rows_divide"] == {"spec": ["adapter", None], "log": []}
+    assert r["rows_do_not_divide"] == {"spec": [None, None], "log": [
+        "sharding rule 'batch' -> 'adapter' dropped for a dimension of size 3: 3 does not divide by the 2-way "
+        "'adapter' axis; replicated"]}
+    assert r["params"] == TINY_QWEN2_SPECS_2x4
+
+
+def test_a_mesh_without_the_axis_replicates_and_logs(caplog):
+    import types
+    mesh = types.SimpleNamespace(shape={"data": 2})  # logical_to_spec reads only the axis sizes
+    replicated = jax.sharding.PartitionSpec(None, None)
+    with caplog.at_level(logging.WARNING, logger="seal_jax.sharding"):
+        assert logical_to_spec(("vocab", "embed"), (12345, 64), mesh) == replicated
+        assert logical_to_spec(("vocab", "embed"), (12345, 64), mesh, log=False) == replicated
+    assert caplog.messages == ["sharding rule 'vocab' -> 'model' dropped for a dimension of size 12345: the mesh "
+                               "has no 'model' axis (axes ('data',)); replicated"]
+
+
+def test_activations_are_pinned_only_under_a_mesh():
+    """Single device: the layer program has no sharding constraint; under `mesh_context` each layer boundary has one
+    (the residual stream: batch left to propagate, length and hidden replicated)."""
+    cfg = seal_jax.get_preset("tiny-qwen2")
+    model = seal_jax.init_model(cfg)
+    tokens = jax.numpy.zeros((2, 8), jax.numpy.int32)
+    fn = jax.jit(lambda m, t: m.apply(t, t, t + 1)[0])
+    assert "sharding_constraint" not in str(jax.make_jaxpr(fn)(model, tokens))
+    with mesh_context(make_mesh(1, 1)):
+        jaxpr = str(jax.make_jaxpr(fn)(model, tokens))
+    assert jaxpr.count("sharding_constraint") == 2  # the scanned layer's input and output
+    assert "P(UNCONSTRAINED, None, None)" in jaxpr

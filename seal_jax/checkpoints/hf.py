@@ -1,17 +1,9 @@
 """HF checkpoint I/O: `config.json` + `model.safetensors` (or a sharded `model.safetensors.index.json`) <-> `Model`.
 
-The key map is explicit: every HF tensor name maps to one leaf of our parameter tree through a named layout, and every
-tensor's shape is checked against the config before it is used. An unknown, missing or mis-shaped tensor is an error
-naming the tensor.
-
-HF layout (torch Linear stores [out, in]) -> ours:
-  q/k/v_proj.weight [N*Dh, D]   -> attn.{q,k,v}.kernel [L][D, N, Dh]     ("in_heads")
-  q/k/v_proj.bias   [N*Dh]      -> attn.{q,k,v}.bias   [L][N, Dh]        ("heads_bias")
-  o_proj.weight     [D, H*Dh]   -> attn.o.kernel       [L][H, Dh, D]     ("out_heads")
-  gate/up_proj.weight [F, D]    -> mlp.{gate,up}.kernel [L][D, F]        ("linear")
-  down_proj.weight  [D, F]      -> mlp.down.kernel     [L][F, D]         ("linear")
-  *_layernorm.weight [D]        -> *_norm.scale        [L][D]            ("copy")
-  embed_tokens.weight [V, D]    -> embedding [V, D];  lm_head.weight [V, D] -> lm_head [D, V];  norm.weight -> final_norm
+The key map is the parameter schema's (`seal_jax.models.schema.PARAMS`): every HF tensor name maps to one leaf of our
+parameter tree through a named layout (`schema.LAYOUTS`: HF [out, in] Linear weights transposed, q/k/v/o kept
+head-split), and every tensor's shape is checked against the config before it is used. An unknown, missing or
+mis-shaped tensor is an error naming the tensor.
 """
 
 from __future__ import annotations
@@ -19,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_dtypes
@@ -28,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from seal_jax.models.config import ConfigError, ModelConfig
+from seal_jax.models.schema import LAYOUTS, hf_tensor_names
 from seal_jax.models.model import Model, abstract_params, as_dtype
 
 CONFIG_FILE = "config.json"
@@ -39,63 +32,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded as asked (one line, names the file or tensor)."""
 
 
-# layout name -> (HF array -> our array of `shape`, our array -> HF array)
-_LAYOUTS: dict[str, tuple[Callable, Callable]] = {
-    "copy": (lambda w, shape: w.reshape(shape), lambda w: w),
-    "linear": (lambda w, shape: w.T.reshape(shape), lambda w: w.T),
-    "in_heads": (lambda w, shape: w.T.reshape(shape), lambda w: w.reshape(w.shape[0], -1).T),
-    "heads_bias": (lambda w, shape: w.reshape(shape), lambda w: w.reshape(-1)),
-    "out_heads": (lambda w, shape: w.T.reshape(shape), lambda w: w.reshape(-1, w.shape[-1]).T),
-}
-
-# HF per-layer suffix -> (our path under params["layers"], layout)
-_LAYER_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
-    "input_layernorm.weight": (("input_norm", "scale"), "copy"),
-    "post_attention_layernorm.weight": (("post_attn_norm", "scale"), "copy"),
-    "self_attn.q_proj.weight": (("attn", "q", "kernel"), "in_heads"),
-    "self_attn.k_proj.weight": (("attn", "k", "kernel"), "in_heads"),
-    "self_attn.v_proj.weight": (("attn", "v", "kernel"), "in_heads"),
-    "self_attn.q_proj.bias": (("attn", "q", "bias"), "heads_bias"),
-    "self_attn.k_proj.bias": (("attn", "k", "bias"), "heads_bias"),
-    "self_attn.v_proj.bias": (("attn", "v", "bias"), "heads_bias"),
-    "self_attn.o_proj.weight": (("attn", "o", "kernel"), "out_heads"),
-    "mlp.gate_proj.weight": (("mlp", "gate", "kernel"), "linear"),
-    "mlp.up_proj.weight": (("mlp", "up", "kernel"), "linear"),
-    "mlp.down_proj.weight": (("mlp", "down", "kernel"), "linear"),
-}
-_TOP_KEYS: dict[str, tuple[tuple[str, ...], str]] = {
-    "model.embed_tokens.weight": (("embedding",), "copy"),
-    "model.norm.weight": (("final_norm", "scale"), "copy"),
-    "lm_head.weight": (("lm_head",), "linear"),
-}
 _LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 # Buffers some exporters write that carry no parameters.
 _IGNORED_RE = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
-def _get(tree, path):
-    for p in path:
+def _get(tree, path: str):
+    for p in path.split("/"):
         tree = tree[p]
     return tree
-
-
-def hf_tensor_names(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], str, int | None]]:
-    """Every HF tensor this config needs -> (our path, layout, layer index or None)."""
-    names: dict[str, tuple[tuple[str, ...], str, int | None]] = {}
-    for key, (path, layout) in _TOP_KEYS.items():
-        if key == "lm_head.weight" and cfg.tie_word_embeddings:
-            continue
-        names[key] = (path, layout, None)
-    for i in range(cfg.num_layers):
-        for suffix, (path, layout) in _LAYER_KEYS.items():
-            if suffix.endswith(".bias") and not cfg.qkv_bias:
-                continue
-            names[f"model.layers.{i}.{suffix}"] = (("layers",) + path, layout, i)
-    return names
-
-
-def _hf_shape(layout: str, our_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return _LAYOUTS[layout][1](np.empty(our_shape, np.int8)).shape
 
 
 def read_config(path: str) -> ModelConfig:
@@ -194,15 +139,14 @@ def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: Mo
                     if m and int(m.group(1)) >= cfg.num_layers:
                         raise CheckpointError(f"{fname}: tensor {name} is beyond num_hidden_layers={cfg.num_layers}")
                     raise CheckpointError(f"{fname}: unknown tensor {name} for a {cfg.architecture}")
-                our_path, layout, layer = expected[name]
-                target = _get(host, our_path)
-                our_shape = target.shape[1:] if layer is not None else target.shape
-                want = _hf_shape(layout, our_shape)
+                spec, layer = expected[name]
+                target = _get(host, spec.path)
+                want = spec.hf_shape(cfg)
                 w = f.get_tensor(name)
                 if tuple(w.shape) != want:
                     raise CheckpointError(f"{fname}: tensor {name} has shape {tuple(w.shape)}, "
                                           f"expected {want} for this config")
-                value = _LAYOUTS[layout][0](w, our_shape).astype(np_dtype)
+                value = LAYOUTS[spec.layout][0](w, spec.layer_shape(cfg)).astype(np_dtype)
                 if layer is None:
                     target[...] = value
                 else:
@@ -232,11 +176,11 @@ def to_hf_tensors(model: Model) -> dict[str, np.ndarray]:
     """Our params -> {HF tensor name: numpy array} (same dtype)."""
     cfg = model.config
     out = {}
-    for name, (path, layout, layer) in hf_tensor_names(cfg).items():
-        w = np.asarray(jax.device_get(_get(model.params, path)))
+    for name, (spec, layer) in hf_tensor_names(cfg).items():
+        w = np.asarray(jax.device_get(_get(model.params, spec.path)))
         if layer is not None:
             w = w[layer]
-        out[name] = np.ascontiguousarray(_LAYOUTS[layout][1](w))
+        out[name] = np.ascontiguousarray(LAYOUTS[spec.layout][1](w))
     return out
 
 

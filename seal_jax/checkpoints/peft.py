@@ -3,8 +3,8 @@
 PEFT layout (torch Linear stores [out, in]; PEFT strips the adapter name "default" from the keys when saving):
   base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [r, in]   -> weights["q"]["a"][i] [in, r]  (.T)
   base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight [out, r]  -> weights["q"]["b"][i] [r, out] (.T)
-and likewise for k/v/o_proj (self_attn) and gate/up/down_proj (mlp); see `seal_jax.lora.PEFT_MODULES`. Keys that still
-carry the adapter name (`...q_proj.lora_A.default.weight`) are accepted too.
+and likewise for k/v/o_proj (self_attn) and gate/up/down_proj (mlp); see `seal_jax.models.schema.peft_modules`.
+Keys that still carry the adapter name (`...q_proj.lora_A.default.weight`) are accepted too.
 
 Only plain LoRA on those seven projections, in every layer, with one rank and one alpha, is supported; every other PEFT
 feature that changes the math (DoRA, biases, per-module ranks, layer subsets, extra saved modules, ...) is an error.
@@ -25,10 +25,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from seal_jax.checkpoints.hf import CheckpointError
-from seal_jax.lora import ALL_TARGETS, PEFT_MODULES, Lora, LoraConfig
+from seal_jax.lora import Lora, LoraConfig
+from seal_jax.models import schema
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.model import Model, as_dtype
-from seal_jax.models.transformer import lora_shapes
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -36,7 +36,6 @@ ADAPTER_BIN_FILE = "adapter_model.bin"
 
 _PREFIX = "base_model.model."
 _KEY_RE = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(.+)\.lora_([AB])(\.default)?\.weight$")
-_OURS = {module: name for name, module in PEFT_MODULES.items()}  # "self_attn.q_proj" -> "q"
 
 # Config fields that must be empty / false: their PEFT feature changes the adapter's math or layout.
 _UNSUPPORTED = {
@@ -70,12 +69,12 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _peft_key(layer: int, name: str, ab: str) -> str:
-    return f"{_PREFIX}model.layers.{layer}.{PEFT_MODULES[name]}.lora_{ab}.weight"
+    return f"{_PREFIX}model.layers.{layer}.{schema.peft_modules()[name]}.lora_{ab}.weight"
 
 
 def _module_key(layer: int, name: str) -> str:
     """The module name PEFT matches `target_modules` against."""
-    return f"model.layers.{layer}.{PEFT_MODULES[name]}"
+    return f"model.layers.{layer}.{schema.peft_modules()[name]}"
 
 
 def _matches(patterns: str | list[str], key: str) -> bool:
@@ -140,7 +139,7 @@ def _listed_targets(cfg: dict[str, Any], model_cfg: ModelConfig) -> dict[str, se
     """For a list `target_modules`: our target name -> the layers PEFT would adapt."""
     out: dict[str, set[int]] = {}
     exclude = cfg.get("exclude_modules")
-    for name in ALL_TARGETS:
+    for name in schema.lora_targets():
         for i in range(model_cfg.num_layers):
             key = _module_key(i, name)
             if _matches(cfg["target_modules"], key) and not (exclude and _matches(exclude, key)):
@@ -167,14 +166,17 @@ def load_adapter(path: str, model: Model | ModelConfig, dtype="float32") -> Lora
         raise CheckpointError(f"no {ADAPTER_WEIGHTS_FILE} in {path}")
 
     L, r = model_cfg.num_layers, cfg["r"]
-    shapes = lora_shapes(model_cfg)
+    shapes = schema.lora_shapes(model_cfg)
+    modules = schema.peft_modules()
+    targets_in_order = schema.lora_targets()
+    ours = {module: name for name, module in modules.items()}  # "self_attn.q_proj" -> "q"
     np_dtype = np.dtype(ml_dtypes.bfloat16) if as_dtype(dtype) == as_dtype("bfloat16") else np.dtype(as_dtype(dtype))
 
     tensors: dict[tuple[int, str, str], np.ndarray] = {}
     with safe_open(weights_path, framework="numpy") as f:
         for key in f.keys():
             m = _KEY_RE.match(key)
-            name = _OURS.get(m.group(2)) if m else None
+            name = ours.get(m.group(2)) if m else None
             if name is None:
                 raise CheckpointError(f"{fname}: unknown tensor {key} for a LoRA adapter of a {model_cfg.architecture}")
             layer, ab = int(m.group(1)), m.group(3)
@@ -187,7 +189,7 @@ def load_adapter(path: str, model: Model | ModelConfig, dtype="float32") -> Lora
             want = (r, fan_in) if ab == "A" else (fan_out, r)
             if tuple(w.shape) != want:
                 raise CheckpointError(f"{fname}: tensor {key} has shape {tuple(w.shape)}, expected {want} "
-                                      f"(r={r}, {PEFT_MODULES[name]} is {fan_in} -> {fan_out} in this config)")
+                                      f"(r={r}, {modules[name]} is {fan_in} -> {fan_out} in this config)")
             tensors[(layer, name, ab)] = w
 
     present = {name for (_, name, _) in tensors}
@@ -195,20 +197,20 @@ def load_adapter(path: str, model: Model | ModelConfig, dtype="float32") -> Lora
         listed = _listed_targets(cfg, model_cfg)
         if not listed:
             raise CheckpointError(f"{cfg_path}: target_modules={_short(cfg['target_modules'])} names none of "
-                                  f"{', '.join(m.split('.')[-1] for m in PEFT_MODULES.values())}")
-        stray = sorted(present - set(listed), key=ALL_TARGETS.index)
+                                  f"{', '.join(m.split('.')[-1] for m in modules.values())}")
+        stray = sorted(present - set(listed), key=targets_in_order.index)
         if stray:
             layer = min(i for (i, n, _) in tensors if n == stray[0])
             raise CheckpointError(f"{fname}: tensor {_peft_key(layer, stray[0], 'A')} is for a module that "
                                   f"target_modules={_short(cfg['target_modules'])} does not name")
-        targets = [n for n in ALL_TARGETS if n in listed]
+        targets = [n for n in targets_in_order if n in listed]
         for n in targets:
             if len(listed[n]) != L:
                 raise CheckpointError(f"{cfg_path}: target_modules={_short(cfg['target_modules'])} adapts "
-                                      f"{PEFT_MODULES[n]} only in layers {sorted(listed[n])}; adapters on a subset "
+                                      f"{modules[n]} only in layers {sorted(listed[n])}; adapters on a subset "
                                       "of layers are not supported")
     else:
-        targets = [n for n in ALL_TARGETS if n in present]
+        targets = [n for n in targets_in_order if n in present]
         if not targets:
             raise CheckpointError(f"{fname}: no LoRA tensors in {path}")
 
@@ -221,7 +223,7 @@ def load_adapter(path: str, model: Model | ModelConfig, dtype="float32") -> Lora
                 w = tensors.get((i, name, ab))
                 if w is None:
                     raise CheckpointError(f"{fname}: missing tensor {_peft_key(i, name, ab)} "
-                                          f"(layer {i}, {PEFT_MODULES[name]})")
+                                          f"(layer {i}, {modules[name]})")
                 per_layer.append(w.T)
             stacked[ab] = jnp.asarray(np.stack(per_layer).astype(np_dtype))
         weights[name] = {"a": stacked["A"], "b": stacked["B"]}
@@ -242,7 +244,8 @@ def save_adapter(lora: Lora, path: str, model: Model | ModelConfig,
         raise CheckpointError(f"save_adapter takes a single adapter, got a batch of {lora.num_adapters}; "
                               "use lora.adapter(k) to pick one")
     model_cfg = _model_config(model)
-    shapes = lora_shapes(model_cfg)
+    shapes = schema.lora_shapes(model_cfg)
+    modules = schema.peft_modules()
     L, r = model_cfg.num_layers, lora.config.rank
     tensors: dict[str, np.ndarray] = {}
     for name in lora.config.targets:
@@ -265,7 +268,7 @@ def save_adapter(lora: Lora, path: str, model: Model | ModelConfig,
         "r": r,
         "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
         "lora_dropout": lora.config.dropout,
-        "target_modules": sorted(PEFT_MODULES[n].split(".")[-1] for n in lora.config.targets),
+        "target_modules": sorted(modules[n].split(".")[-1] for n in lora.config.targets),
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": lora.config.use_rslora,

@@ -72,11 +72,8 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
-        d, f, h, k, dh, v, n = (self.hidden_size, self.intermediate_size, self.num_heads, self.num_kv_heads,
-                                self.head_dim, self.vocab_size, self.num_layers)
-        attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.qkv_bias else 0)
-        layer = attn + 3 * d * f + 2 * d
-        return n * layer + v * d * (1 if self.tie_word_embeddings else 2) + d
+        from seal_jax.models.schema import num_params
+        return num_params(self)
 
     # ------------------------------------------------------------------ HF config.json
     @classmethod

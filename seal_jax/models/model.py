@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seal_jax.models import schema
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.transformer import Transformer, head_matrix
 
@@ -66,11 +67,16 @@ def init_model(cfg: ModelConfig, seed: int = 0, dtype="float32") -> Model:
 
 
 def abstract_params(cfg: ModelConfig, dtype="float32") -> Any:
-    """ShapeDtypeStruct pytree of the parameters, without allocating them."""
+    """ShapeDtypeStruct pytree of the parameters (from the schema), without allocating them."""
     dt = as_dtype(dtype)
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    return jax.eval_shape(lambda k: Transformer(cfg, dt).init(k, tokens, tokens, tokens + 1)["params"],
-                          jax.random.PRNGKey(0))
+    tree: dict = {}
+    for s in schema.specs(cfg):
+        *groups, leaf = s.keys
+        node = tree
+        for k in groups:
+            node = node.setdefault(k, {})
+        node[leaf] = jax.ShapeDtypeStruct(s.shape(cfg), dt)
+    return tree
 
 
 @jax.jit

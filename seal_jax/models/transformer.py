@@ -4,9 +4,10 @@ Shape letters used in every einsum below:
   B batch, T query length, S key length (T, or the KV-cache length), D hidden, F MLP hidden, V vocab,
   H query heads, K kv heads, G = H // K query heads per kv head, Dh head dim, L layers, r LoRA rank.
 
-Parameters are a plain pytree (`{"params": ...}` of Linen); the L decoder layers are stacked on a leading axis and run
-with `nn.scan`, so compile time does not grow with depth. LoRA weights are a *separate* pytree passed to `__call__`
-(stacked on L as well); the frozen base never changes shape whether or not adapters are used.
+Parameters are a plain pytree (`{"params": ...}` of Linen) whose leaves, shapes and inits are the rows of the parameter
+schema (`seal_jax.models.schema.PARAMS`); the model code below only reads them. The L decoder layers are stacked on a
+leading axis and run with `nn.scan`, so compile time does not grow with depth. LoRA weights are a *separate* pytree
+passed to `__call__` (stacked on L as well); the frozen base never changes shape whether or not adapters are used.
 
 Attention masking is by index and segment: query t (cache slot `cache_index + t`) sees key s when s <= that slot, the
 key's segment id equals the query's, and the key's segment id is non-zero (0 marks padding). Segment ids therefore give
@@ -21,22 +22,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from seal_jax.models import schema
 from seal_jax.models.attention import attend
 from seal_jax.models.config import ModelConfig
 from seal_jax.models.grouped import grouped_lora
 from seal_jax.models.rope import apply_rope, rope_tables
 
 Array = jax.Array
-
-# LoRA target names -> (input features, output features) as flat matrices.
-LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-def lora_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
-    d, f, h, k, dh = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    return {"q": (d, h * dh), "k": (d, k * dh), "v": (d, k * dh), "o": (h * dh, d),
-            "gate": (d, f), "up": (d, f), "down": (f, d)}
-
 
 def lora_delta(x: Array, lora: dict | None, name: str, backend: str = "auto") -> Array | None:
     """The LoRA update for one projection, or None when `name` has no adapter.
@@ -78,93 +70,112 @@ def lora_delta(x: Array, lora: dict | None, name: str, backend: str = "auto") ->
     return y.astype(x.dtype)
 
 
-class RMSNorm(nn.Module):
-    eps: float
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:  # [..., D] -> [..., D]
-        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)  # [D]
-        xf = x.astype(jnp.float32)
-        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return scale.astype(x.dtype) * xf.astype(x.dtype)  # as HF: weight * normed.to(input_dtype)
+_INITS = {"normal": nn.initializers.normal(0.02), "ones": nn.initializers.ones, "zeros": nn.initializers.zeros}
 
 
-class Linear(nn.Module):
-    """A projection written as one einsum; the kernel keeps its head-split shape."""
+def _group_params(module: nn.Module, cfg: ModelConfig, path: str, param_dtype) -> dict[str, Any]:
+    """Create (init) or fetch (apply) the parameters under `path` of the params tree, as the schema lists them.
 
-    kernel_shape: tuple[int, ...]
-    equation: str  # e.g. "btd,dhk->bthk"
-    bias_shape: tuple[int, ...] | None = None
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", nn.initializers.normal(0.02), self.kernel_shape, self.param_dtype)
-        y = jnp.einsum(self.equation, x, kernel.astype(x.dtype))
-        if self.bias_shape is not None:
-            y = y + self.param("bias", nn.initializers.zeros, self.bias_shape, self.param_dtype).astype(x.dtype)
-        return y
-
-
-class Attention(nn.Module):
-    cfg: ModelConfig
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, cos, sin, segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index):
-        cfg = self.cfg
-        B, T, D = x.shape
-        H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        bias = cfg.qkv_bias
-
-        def proj(name, n):
-            y = Linear((D, n, Dh), "btd,dnk->btnk", (n, Dh) if bias else None, self.param_dtype, name=name)(x)
-            d = lora_delta(x, lora, name, cfg.lora_backend)  # [B, T, n*Dh]
-            return y if d is None else y + d.reshape(B, T, n, Dh)
-
-        q = apply_rope(proj("q", H), cos, sin)  # [B, T, H, Dh]
-        k = apply_rope(proj("k", K), cos, sin)  # [B, T, K, Dh]
-        v = proj("v", K)  # [B, T, K, Dh]
-
-        if cache is None:
-            keys, values, kv_seg = k, v, kv_segment_ids  # [B, S=T, K, Dh], [B, S]
+    Each sub-group is a child scope of the same name, so every leaf lands at its schema path (and draws the same
+    random init it always has: Linen derives a leaf's key from its scope names and its order within the scope).
+    """
+    tree = schema.spec_tree(cfg)
+    for k in filter(None, path.split("/")):
+        tree = tree[k]
+    out: dict[str, Any] = {}
+    for name, node in tree.items():
+        if path == "" and name == "layers":
+            continue  # created by the layer scan, one slice per layer
+        if isinstance(node, schema.ParamSpec):
+            out[name] = module.param(name, _INITS[node.init], node.layer_shape(cfg), param_dtype)
         else:
-            # Write this chunk into the stacked cache in place (carried through the layer scan, donated by callers).
-            k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
-                                                 (layer_idx, 0, cache_index, 0, 0))  # [L, B, S, K, Dh]
-            v_all = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
-                                                 (layer_idx, 0, cache_index, 0, 0))
-            cache = {**cache, "k": k_all, "v": v_all}
-            keys = jax.lax.dynamic_index_in_dim(k_all, layer_idx, 0, keepdims=False).astype(x.dtype)  # [B,S,K,Dh]
-            values = jax.lax.dynamic_index_in_dim(v_all, layer_idx, 0, keepdims=False).astype(x.dtype)
-            kv_seg = cache["seg"]  # [B, S]
-
-        # query t sits at cache slot cache_index + t (slot t without a cache); see seal_jax/models/attention.py
-        out = attend(q, keys, values, segment_ids, kv_seg, 0 if cache is None else cache_index,
-                     cfg.attention)  # [B, T, H, Dh]
-
-        y = Linear((H, Dh, D), "bthk,hkd->btd", None, self.param_dtype, name="o")(out)  # [B, T, D]
-        d = lora_delta(out.reshape(B, T, H * Dh), lora, "o", cfg.lora_backend)
-        return (y if d is None else y + d), cache
+            out[name] = _ParamGroup(cfg, f"{path}/{name}".lstrip("/"), param_dtype, name=name)()
+    return out
 
 
-class MLP(nn.Module):
+class _ParamGroup(nn.Module):
+    """One level of the params tree (a Linen scope) holding the schema's leaves under `group`."""
+
     cfg: ModelConfig
+    group: str  # "/"-joined path of this level ("path" is a Linen Module property)
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, lora):  # [B, T, D] -> [B, T, D]
-        D, F = self.cfg.hidden_size, self.cfg.intermediate_size
+    def __call__(self) -> dict[str, Any]:
+        return _group_params(self, self.cfg, self.group, self.param_dtype)
 
-        def proj(name, shape, eq, inp):
-            y = Linear(shape, eq, None, self.param_dtype, name=name)(inp)
-            d = lora_delta(inp, lora, name, self.cfg.lora_backend)
-            return y if d is None else y + d
 
-        gate = proj("gate", (D, F), "btd,df->btf", x)  # [B, T, F]
-        up = proj("up", (D, F), "btd,df->btf", x)  # [B, T, F]
-        return proj("down", (F, D), "btf,fd->btd", jax.nn.silu(gate) * up)
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:  # x [..., D], scale [D] -> [..., D]
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)  # as HF: weight * normed.to(input_dtype)
+
+
+def linear(x: Array, p: dict[str, Array], equation: str) -> Array:
+    """A projection written as one einsum (e.g. "btd,dnk->btnk"); the kernel keeps its head-split shape."""
+    y = jnp.einsum(equation, x, p["kernel"].astype(x.dtype))
+    if "bias" in p:
+        y = y + p["bias"].astype(x.dtype)
+    return y
+
+
+def attention(p, x, cos, sin, segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index, cfg: ModelConfig):
+    """x [B, T, D] -> ([B, T, D], cache); p = this layer's "attn" params (q, k, v, o)."""
+    B, T, D = x.shape
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def proj(name, n):
+        y = linear(x, p[name], "btd,dnk->btnk")  # [B, T, n, Dh]
+        d = lora_delta(x, lora, name, cfg.lora_backend)  # [B, T, n*Dh]
+        return y if d is None else y + d.reshape(B, T, n, Dh)
+
+    q = apply_rope(proj("q", H), cos, sin)  # [B, T, H, Dh]
+    k = apply_rope(proj("k", K), cos, sin)  # [B, T, K, Dh]
+    v = proj("v", K)  # [B, T, K, Dh]
+
+    if cache is None:
+        keys, values, kv_seg = k, v, kv_segment_ids  # [B, S=T, K, Dh], [B, S]
+    else:
+        # Write this chunk into the stacked cache in place (carried through the layer scan, donated by callers).
+        k_all = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype),
+                                             (layer_idx, 0, cache_index, 0, 0))  # [L, B, S, K, Dh]
+        v_all = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype),
+                                             (layer_idx, 0, cache_index, 0, 0))
+        cache = {**cache, "k": k_all, "v": v_all}
+        keys = jax.lax.dynamic_index_in_dim(k_all, layer_idx, 0, keepdims=False).astype(x.dtype)  # [B,S,K,Dh]
+        values = jax.lax.dynamic_index_in_dim(v_all, layer_idx, 0, keepdims=False).astype(x.dtype)
+        kv_seg = cache["seg"]  # [B, S]
+
+    # query t sits at cache slot cache_index + t (slot t without a cache); see seal_jax/models/attention.py
+    out = attend(q, keys, values, segment_ids, kv_seg, 0 if cache is None else cache_index,
+                 cfg.attention)  # [B, T, H, Dh]
+
+    y = linear(out, p["o"], "bthk,hkd->btd")  # [B, T, D]
+    d = lora_delta(out.reshape(B, T, H * Dh), lora, "o", cfg.lora_backend)
+    return (y if d is None else y + d), cache
+
+
+def mlp(p, x, lora, cfg: ModelConfig) -> Array:
+    """x [B, T, D] -> [B, T, D]; p = this layer's "mlp" params (gate, up, down)."""
+
+    def proj(name, eq, inp):
+        y = linear(inp, p[name], eq)
+        d = lora_delta(inp, lora, name, cfg.lora_backend)
+        return y if d is None else y + d
+
+    gate = proj("gate", "btd,df->btf", x)  # [B, T, F]
+    up = proj("up", "btd,df->btf", x)  # [B, T, F]
+    return proj("down", "btf,fd->btd", jax.nn.silu(gate) * up)
+
+
+def pin_activation(x: Array) -> Array:
+    """x [B, T, D] at a layer boundary, constrained to the sharding rules' layout when a mesh is set
+    (`seal_jax.sharding.mesh_context`); unchanged (no op in the program) otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    from seal_jax.sharding import activation_spec
+    return jax.lax.with_sharding_constraint(x, activation_spec(x.shape, mesh))
 
 
 class DecoderLayer(nn.Module):
@@ -175,15 +186,16 @@ class DecoderLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, per_layer, cos, sin, segment_ids, kv_segment_ids, cache_index):
+        cfg = self.cfg
         x, cache = carry
         layer_idx, lora = per_layer
-        h, cache = Attention(self.cfg, self.param_dtype, name="attn")(
-            RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="input_norm")(x),
-            cos, sin, segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index)
+        p = _group_params(self, cfg, "layers", self.param_dtype)  # this layer's slice of params["layers"]
+        x = pin_activation(x)  # [B, T, D]
+        h, cache = attention(p["attn"], rms_norm(x, p["input_norm"]["scale"], cfg.rms_norm_eps), cos, sin,
+                             segment_ids, kv_segment_ids, lora, layer_idx, cache, cache_index, cfg)
         x = x + h
-        x = x + MLP(self.cfg, self.param_dtype, name="mlp")(
-            RMSNorm(self.cfg.rms_norm_eps, self.param_dtype, name="post_attn_norm")(x), lora)
-        return (x, cache), None
+        x = x + mlp(p["mlp"], rms_norm(x, p["post_attn_norm"]["scale"], cfg.rms_norm_eps), lora, cfg)
+        return (pin_activation(x), cache), None
 
 
 class Transformer(nn.Module):
@@ -204,8 +216,8 @@ class Transformer(nn.Module):
     def __call__(self, tokens, positions, segment_ids, lora=None, cache=None, cache_index=None,
                  kv_segment_ids=None, output: str = "logits"):
         cfg = self.cfg
-        embedding = self.param("embedding", nn.initializers.normal(0.02),
-                               (cfg.vocab_size, cfg.hidden_size), self.param_dtype)  # [V, D]
+        p = _group_params(self, cfg, "", self.param_dtype)  # the top-level params (embedding, final_norm, lm_head)
+        embedding = p["embedding"]  # [V, D]
         x = jnp.take(embedding, tokens, axis=0)  # [B, T, D]
         cos, sin = rope_tables(positions, cfg)  # [B, T, Dh] each
         segment_ids = segment_ids.astype(jnp.int32)
@@ -224,12 +236,8 @@ class Transformer(nn.Module):
         per_layer = (jnp.arange(cfg.num_layers, dtype=jnp.int32), lora)
         (x, cache), _ = layers((x, cache), per_layer, cos, sin, segment_ids, kv_segment_ids, cache_index)
 
-        x = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="final_norm")(x)  # [B, T, D]
-        if cfg.tie_word_embeddings:
-            head = embedding.T  # [D, V]
-        else:
-            head = self.param("lm_head", nn.initializers.normal(0.02), (cfg.hidden_size, cfg.vocab_size),
-                              self.param_dtype)  # [D, V]
+        x = rms_norm(x, p["final_norm"]["scale"], cfg.rms_norm_eps)  # [B, T, D]
+        head = head_matrix(p, cfg)  # [D, V]
         if output == "hidden":  # the caller projects (chunked cross-entropy: never all [B, T, V] logits at once)
             return x, cache
         if output == "last":  # only the position a sampler reads

@@ -75,7 +75,7 @@ def case(request, hf_tiny, tmp_path_factory):
 def test_peft_saved_adapter_matches_peft_forward(case):
     lora = seal_jax.load_adapter(case.peft_dir, case.model)
     assert lora.config.rank == 8 and lora.config.alpha == 16.0 and lora.config.scale == 2.0
-    assert [seal_jax.lora.PEFT_MODULES[t].split(".")[-1] for t in lora.config.targets] == \
+    assert [seal_jax.models.schema.peft_modules()[t].split(".")[-1] for t in lora.config.targets] == \
         [t for t in ALL7 if t in case.targets]
     assert all(float(np.abs(np.asarray(w["b"])).max()) > 0 for w in lora.weights.values())
     ours = np.asarray(seal_jax.forward(case.model, case.tokens, lora=lora))
@@ -142,7 +142,7 @@ def test_rslora_round_trip(hf_tiny, tmp_path):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """(model config, adapter, its dir) of a random q/v/down adapter (B != 0) saved by save_adapter (tiny qwen2)."""
-    from seal_jax.models.transformer import lora_shapes
+    from seal_jax.models.schema import lora_shapes
     from tests.conftest import tiny_hf_config
     cfg = seal_jax.ModelConfig.from_hf(tiny_hf_config("qwen2").to_dict())
     rng, shapes, L, r = np.random.default_rng(0), lora_shapes(cfg), cfg.num_layers, 4

@@ -4,7 +4,6 @@ test-time trained and quizzed, the best per passage is cloned)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import pytest
@@ -32,15 +31,15 @@ def demo():
 def test_a_rest_em_round_on_knowledge_incorporation(demo):
     from seal_jax.sft import SFTConfig
     model, tok, passages = demo
-    cfg = TTTConfig(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v")), learning_rate=3e-3, epochs=2,
-                    loss_mode="all", answer_max_tokens=16, slots=4)
+    cfg = TTTConfig(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v")), learning_rate=3e-3, epochs=1,
+                    loss_mode="all", answer_max_tokens=12, slots=4)
     task = KnowledgeTask(tok, passages, cfg, make_grader("offline").grade)
     prompts = task.self_edit_prompts()
     assert tok.decode(prompts[0]).startswith("Read the passage below")
     # a hand-written empty self-edit is a failed sample with its reason, never kept
     empty = seal.SelfEdit(0, 9, tuple(prompts[0]), "")
     assert task.evaluate(model, [empty], seed=0)[0].reason == "the self-edit is empty"
-    rc = seal.RoundConfig(k=2, sampling=seal.Sampling(max_new_tokens=40, stop_token_ids=(tok.eos_token_id,)),
+    rc = seal.RoundConfig(k=2, sampling=seal.Sampling(max_new_tokens=24, stop_token_ids=(tok.eos_token_id,)),
                           rule=seal.SelectRule("best"),
                           sft=SFTConfig(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v")), epochs=1,
                                         batch_size=2, learning_rate=1e-3))
