@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=ASSETS, help="an HF-layout checkpoint + tokenizer (default: the shipped one)")
     ap.add_argument("--n-eval-passages", type=int, default=64)
     ap.add_argument("--n-train-passages", type=int, default=64)
+    ap.add_argument("--extra-eval-passages", type=int, default=0,
+                    help="append this many more held-out entities (demo_world.extra_eval_entities) to the 64; "
+                         "--n-eval-passages counts within the longer list")
     ap.add_argument("--k", type=int, default=4, help="self-edits per training passage for ReST-EM ranking")
     ap.add_argument("--eval-k", type=int, default=2, help="self-edits sampled per held-out passage for each policy")
     ap.add_argument("--rounds", type=int, default=2, help="ReST-EM rounds")
@@ -60,6 +63,15 @@ def main(argv=None) -> int:
     data = os.path.join(args.out, "data")
     if not os.path.exists(os.path.join(data, "eval.json")):
         demo_world.write_seal_files(demo_world.build_world(args.seed), data)
+    eval_data = os.path.join(data, "eval.json")
+    if args.extra_eval_passages:
+        from seal_jax.knowledge.data import load_passages, save_passages
+        eval_data = os.path.join(data, f"eval_plus{args.extra_eval_passages}.json")
+        if not os.path.exists(eval_data):
+            world = demo_world.build_world(args.seed)
+            extra = demo_world.to_passages(demo_world.extra_eval_entities(world, args.extra_eval_passages),
+                                           args.seed, "extra_eval")
+            save_passages(eval_data, load_passages(os.path.join(data, "eval.json")) + extra)
     # The inner loop is the original's shape (LoRA r32/alpha 64, AdamW, 10 epochs, batch 1: the experiment module's
     # defaults) with clean loss masking, but on all seven linear layers and at --lr 3e-3 rather than q,v at 1e-3: at
     # 1.2M parameters the original's adapters barely learn from a passage (benchmarks/DEMO_NOTES.md, section 4).
@@ -73,11 +85,11 @@ def main(argv=None) -> int:
     if args.continual:
         return _continual(args, data, common, t0)
     print("[1/2] passage-only TTT on held-out passages", flush=True)
-    _check(ki.main(["eval", "--data", os.path.join(data, "eval.json"), "--n-passages", str(args.n_eval_passages),
+    _check(ki.main(["eval", "--data", eval_data, "--n-passages", str(args.n_eval_passages),
              "--k", "0", "--out", os.path.join(args.out, "passage_only"), *common]))
     print(f"[2/2] SEAL: self-edits, batched TTT, quiz, ReST-EM ({args.rounds} rounds)", flush=True)
     _check(ki.main(["rest-em", "--train-data", os.path.join(data, "train.json"), "--n-train-passages",
-             str(args.n_train_passages), "--eval-data", os.path.join(data, "eval.json"), "--n-eval-passages",
+             str(args.n_train_passages), "--eval-data", eval_data, "--n-eval-passages",
              str(args.n_eval_passages), "--eval-k", str(args.eval_k), "--k", str(args.k), "--rank-eval-times", "1",
              "--rounds", str(args.rounds),
              "--sft-lr", args.sft_lr, "--sft-epochs", str(args.sft_epochs), "--sft-batch-size", "8",
