@@ -1,12 +1,13 @@
 # make test : create .venv, install seal-jax with its test extra, run the test suite.
 # make demo : run the best end-to-end thing the project can do on an embedded default (no download).
+# make demo-continual : the continual self-edits (forgetting) heatmap on the same embedded default.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: test demo install clean
+.PHONY: test demo demo-continual install clean
 
 install: $(STAMP)
 
@@ -30,6 +31,10 @@ test: $(STAMP)
 
 demo: $(DEMO_STAMP)
 	$(PY) -m experiments.demo
+
+# The forgetting heatmap (continual self-edits on the demo world): its own target, as it does not fit make demo's time.
+demo-continual: $(DEMO_STAMP)
+	$(PY) -m experiments.demo --continual
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -179,6 +179,13 @@ def fresh_entities(world: World, n: int, rng: random.Random) -> list[Entity]:
                           first_names=world.first_names, surnames=world.surnames, stems=world.stems)
 
 
+def extra_eval_entities(world: World, n: int) -> list[Entity]:
+    """`n` more held-out entities, drawn after the world (its own seeded stream), so the shipped model's splits and
+    pretraining are unchanged. Unlike `new_eval`, their names are not reserved from pretraining's throw-away entities:
+    a name may have appeared there, with facts drawn afresh every epoch."""
+    return fresh_entities(world, n, random.Random(f"{world.seed}:extra_eval"))
+
+
 # ----------------------------------------------------------------------------------------------- language
 def _article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word

@@ -45,6 +45,13 @@ def test_fresh_entities_never_reuse_a_world_name_and_are_seeded(world):
     assert len({e.name for e in a}) == 200
 
 
+def test_extra_eval_entities_are_seeded_new_and_a_prefix_of_a_longer_draw(world):
+    a = dw.extra_eval_entities(world, 64)
+    assert a == dw.extra_eval_entities(dw.build_world(0), 64)
+    assert dw.extra_eval_entities(world, 80)[:64] == a  # asking for more keeps the first ones
+    assert not {e.name for e in a} & world.names and len({e.name for e in a}) == 64
+
+
 def test_canonical_statement_names_the_entity_and_ends_with_the_value(world):
     for e in world.new_eval[:30]:
         for attr, value in e.facts:

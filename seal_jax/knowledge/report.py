@@ -95,3 +95,43 @@ def markdown_table(rows: Sequence[dict]) -> str:
         ci = "n/a" if r.get("ci95") is None or math.isnan(r["ci95"]) else f"± {100 * r['ci95']:.1f}"
         lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f} | {ci} | {r['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (scipy comes with jax)."""
+    from scipy.stats import t
+    return float(t.ppf(0.975, df))
+
+
+def per_passage(results: dict, which: str = "adapter") -> dict[int, float]:
+    """passage_index -> that passage's mean accuracy ("adapter": over its self-edits; "baseline": no TTT) from a run's
+    results.json (`single_passage_results`)."""
+    return {a["passage_index"]: a["stats"][f"{which}_mean"] for a in results["articles"]}
+
+
+def paired_difference(a: dict[int, float], b: dict[int, float]) -> dict:
+    """b - a on the same passages (dicts of `per_passage`): the mean of the per-passage differences with the half-width
+    of its 95% Student-t interval (n - 1 degrees of freedom, sample std of the differences / sqrt(n)). Because both
+    settings are scored on the same passages, how hard a passage is cancels out of each difference; what is left is
+    the noise of the two evaluations (self-edit sampling, TTT) and how much the gain itself varies across passages.
+    `ci95_unpaired` is what comparing the two rows' own intervals would give: 1.96 * sqrt(se_a^2 + se_b^2)."""
+    if set(a) != set(b):
+        raise ValueError(f"paired difference needs the same passages on both sides: {sorted(set(a) ^ set(b))} differ")
+    keys = sorted(a)
+    diffs = [b[k] - a[k] for k in keys]
+    n = len(diffs)
+    out = {"mean": _mean(diffs), "n": n, "ci95": None, "ci95_unpaired": None, "sd": _std(diffs),
+           "better": sum(d > 0 for d in diffs), "worse": sum(d < 0 for d in diffs), "interval": "paired t"}
+    if n > 1:
+        out["ci95"] = t_quantile_975(n - 1) * out["sd"] / math.sqrt(n)
+        out["ci95_unpaired"] = 1.96 * math.sqrt((_std([a[k] for k in keys]) ** 2
+                                                 + _std([b[k] for k in keys]) ** 2) / n)
+    return out
+
+
+def sampling_variance(results: dict) -> float:
+    """The part of one passage's mean accuracy variance that comes from which self-edits were sampled: the mean over
+    passages of (sample std over its self-edits)^2 / (number of self-edits); 0.0 with one self-edit per passage."""
+    parts = [a["stats"]["adapter_std_over_completions"] ** 2 / len(a["completions"]) for a in results["articles"]
+             if len(a["completions"]) > 1]
+    return _mean(parts)

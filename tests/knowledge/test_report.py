@@ -39,3 +39,37 @@ def test_sample_stds_and_gains():
     # per-question gains: adapter_correct - baseline_correct
     gains = [q["gain"] for q in a0["completions"][0]["questions"]]
     assert gains == [0, 1, -1, 1]  # rep 0: (T vs T, T vs F); rep 1: (F vs T, T vs F)
+
+
+def test_paired_difference_by_hand():
+    from seal_jax.knowledge.report import paired_difference, t_quantile_975
+    # Student t 97.5% quantiles from the printed tables
+    assert t_quantile_975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t_quantile_975(3) == pytest.approx(3.18245, abs=1e-5)
+    assert t_quantile_975(63) == pytest.approx(1.99834, abs=1e-5)
+    a = {0: 0.2, 1: 0.4, 2: 0.6, 3: 0.0}
+    b = {3: 0.2, 2: 1.0, 1: 0.4, 0: 0.4}  # matched by passage index, not by order
+    d = paired_difference(a, b)
+    # differences [0.2, 0.0, 0.4, 0.2]: mean 0.2, squared deviations 0 + 0.04 + 0.04 + 0 = 0.08,
+    # sd = sqrt(0.08 / 3) = 0.163299, se = sd / 2 = 0.0816497, half-width = 3.18245 * se = 0.259845
+    assert d["mean"] == pytest.approx(0.2) and d["n"] == 4
+    assert d["sd"] == pytest.approx(0.163299, abs=1e-6)
+    assert d["ci95"] == pytest.approx(0.259845, abs=1e-6)
+    assert (d["better"], d["worse"]) == (3, 0)
+    # unpaired: var(a) = 0.2 / 3, var(b) = 0.36 / 3 -> 1.96 * sqrt((0.066667 + 0.12) / 4) = 1.96 * 0.2160247 = 0.4234084
+    assert d["ci95_unpaired"] == pytest.approx(0.4234084, abs=1e-6)
+    assert paired_difference({0: 0.5}, {0: 1.0})["ci95"] is None  # one passage: no interval
+    with pytest.raises(ValueError):
+        paired_difference({0: 0.1, 1: 0.2}, {0: 0.1, 2: 0.2})
+
+
+def test_per_passage_and_sampling_variance():
+    from seal_jax.knowledge.report import per_passage, sampling_variance
+    res = {"articles": [
+        {"passage_index": 3, "stats": {"baseline_mean": 0.2, "adapter_mean": 0.5, "adapter_std_over_completions": 0.1},
+         "completions": [{}, {}]},
+        {"passage_index": 7, "stats": {"baseline_mean": 0.0, "adapter_mean": 0.8, "adapter_std_over_completions": 0.3},
+         "completions": [{}, {}, {}]}]}
+    assert per_passage(res) == {3: 0.5, 7: 0.8} and per_passage(res, "baseline") == {3: 0.2, 7: 0.0}
+    # (0.1^2 / 2 + 0.3^2 / 3) / 2 = (0.005 + 0.03) / 2
+    assert sampling_variance(res) == pytest.approx(0.0175)
