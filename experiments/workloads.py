@@ -101,7 +101,7 @@ def knowledge_seal(n_passages: int = 64, tokenizer=None) -> Workload:
         jobs.append(WJob(training_examples(tok, seqs, cfg.loss_mode), _spec(cfg, job.seed(0)), job.seed(0), str(i),
                          job.key))
         prompts[str(i)] = _answer_prompt_ids(tok, p)
-    stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    stop = cfg.prompt_format.stop_ids(tok)
 
     def answer(model, groups, lora, ids):
         rows, owners = [], []

@@ -7,6 +7,8 @@ import os
 import pytest
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
+                          "demo_model")
 
 
 def shared_path(*parts: str) -> str:
@@ -80,3 +82,15 @@ def assert_varied(rows, min_distinct: int = 3):
     distinct = [len(set(r)) for r in rows]
     assert min(distinct) >= min_distinct, f"degenerate greedy rows (distinct tokens per row: {distinct})"
     assert len({tuple(r) for r in rows}) == len(rows), f"identical greedy rows: {rows}"
+
+
+@pytest.fixture(scope="module")
+def demo_policy():
+    """(model, tokenizer, two passages): the shipped demo model and two of its world's ReST-EM training passages,
+    for tests that run the SEAL loop on a model that can learn."""
+    import seal_jax
+    from seal_jax.demo_world import build_world, to_passages
+    from seal_jax.tokenizer import Tokenizer
+    world = build_world(0)
+    return (seal_jax.load_pretrained(DEMO_MODEL, dtype="float32"), Tokenizer.from_dir(DEMO_MODEL),
+            to_passages(world.new_train[:2], 0, "new_train"))

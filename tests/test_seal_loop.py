@@ -4,7 +4,6 @@ few lines and run for a ReST-EM round through the public library on the embedded
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import jax
@@ -13,9 +12,6 @@ import pytest
 
 from seal_jax import seal
 from seal_jax.seal import Outcome, SelectRule, SelfEdit, select
-
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets", "demo_model")
-
 
 def _o(item, sample, reward, baseline=0.0, failed=False):
     return Outcome(SelfEdit(item, sample, (1,), f"edit {item}/{sample}"), reward, baseline, failed,
@@ -77,20 +73,10 @@ class RestateTask:
         return out
 
 
-@pytest.fixture(scope="module")
-def demo():
-    import seal_jax
-    from seal_jax.demo_world import build_world, to_passages
-    from seal_jax.tokenizer import Tokenizer
-    world = build_world(0)
-    return (seal_jax.load_pretrained(ASSETS, dtype="float32"), Tokenizer.from_dir(ASSETS),
-            to_passages(world.new_train[:2], 0, "new_train"))
-
-
-def test_a_toy_task_runs_a_rest_em_round_through_the_library_and_is_deterministic(demo):
+def test_a_toy_task_runs_a_rest_em_round_through_the_library_and_is_deterministic(demo_policy):
     from seal_jax.lora import LoraConfig
     from seal_jax.sft import SFTConfig
-    model, tok, passages = demo
+    model, tok, passages = demo_policy
     task = RestateTask(tok, passages)
     cfg = seal.RoundConfig(k=2, sampling=seal.Sampling(temperature=1.0, top_p=1.0, max_new_tokens=24,
                                                        stop_token_ids=(tok.eos_token_id,)),

@@ -4,33 +4,16 @@ test-time trained and quizzed, the best per passage is cloned)."""
 
 from __future__ import annotations
 
-import os
-
-import pytest
-
 from seal_jax import seal
 from seal_jax.knowledge.grader import make_grader
 from seal_jax.knowledge.task import KnowledgeTask
 from seal_jax.knowledge.ttt import TTTConfig
 from seal_jax.lora import LoraConfig
 
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "seal_jax",
-                      "assets", "demo_model")
 
-
-@pytest.fixture(scope="module")
-def demo():
-    import seal_jax
-    from seal_jax.demo_world import build_world, to_passages
-    from seal_jax.tokenizer import Tokenizer
-    world = build_world(0)
-    return (seal_jax.load_pretrained(ASSETS, dtype="float32"), Tokenizer.from_dir(ASSETS),
-            to_passages(world.new_train[:2], 0, "new_train"))
-
-
-def test_a_rest_em_round_on_knowledge_incorporation(demo):
+def test_a_rest_em_round_on_knowledge_incorporation(demo_policy):
     from seal_jax.sft import SFTConfig
-    model, tok, passages = demo
+    model, tok, passages = demo_policy
     cfg = TTTConfig(lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v")), learning_rate=3e-3, epochs=1,
                     loss_mode="all", answer_max_tokens=12, slots=4)
     task = KnowledgeTask(tok, passages, cfg, make_grader("offline").grade)
