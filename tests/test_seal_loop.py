@@ -13,6 +13,7 @@ import pytest
 from seal_jax import seal
 from seal_jax.seal import Outcome, SelectRule, SelfEdit, select
 
+
 def _o(item, sample, reward, baseline=0.0, failed=False):
     return Outcome(SelfEdit(item, sample, (1,), f"edit {item}/{sample}"), reward, baseline, failed,
                    "unusable" if failed else None)
