@@ -94,3 +94,14 @@ def demo_policy():
     world = build_world(0)
     return (seal_jax.load_pretrained(DEMO_MODEL, dtype="float32"), Tokenizer.from_dir(DEMO_MODEL),
             to_passages(world.new_train[:2], 0, "new_train"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. A whole-suite process otherwise keeps hundreds of XLA:CPU
+    executables (each with its own memory mappings) and, past ~870 tests, an XLA compile in tests/test_engine.py
+    segfaulted (three full runs; the same modules pass in smaller groups). Within a module programs are still shared,
+    so the compile-count tests see what they did."""
+    yield
+    import jax
+    jax.clear_caches()
