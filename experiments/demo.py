@@ -3,7 +3,8 @@
 Model: `seal_jax/assets/demo_model` (a 1.24M-parameter Qwen2-architecture model pretrained by
 `experiments/pretrain_demo_model.py` on a synthetic world, no external data). Data: 64 held-out new entities of that
 world for evaluation and 64 others for ReST-EM (`seal_jax.demo_world`, seed 0). It runs
-`experiments.knowledge_incorporation` twice — passage-only TTT, then two ReST-EM rounds (self-edits -> batched TTT ->
+the knowledge-incorporation experiment (`seal_jax.knowledge.experiment`, the library behind
+`experiments.knowledge_incorporation`) twice — passage-only TTT, then two ReST-EM rounds (self-edits -> batched TTT ->
 quiz -> best-of-k -> LoRA SFT -> merge -> evaluate again) — and prints the paper-style table with n and a 95%
 confidence interval per row, then every comparison of two rows as a paired difference (all rows are scored on the same
 held-out passages: per-passage differences, mean and 95% Student-t interval, `seal_jax.knowledge.report.
@@ -24,12 +25,13 @@ import json
 import os
 import sys
 import time
-from seal_jax.runs import ArgumentParser
+from seal_jax.runs import ArgumentParser, cli
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
                       "demo_model")
 
 
+@cli
 def main(argv=None) -> int:
     ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/demo", help="run directory (re-running resumes)")
@@ -43,9 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-k", type=int, default=2, help="self-edits sampled per held-out passage for each policy")
     ap.add_argument("--rounds", type=int, default=2, help="ReST-EM rounds")
     ap.add_argument("--adapters-per-batch", type=int, default=16, help="self-edits fine-tuned together in one vmap")
-    ap.add_argument("--lr", default="3e-3", help="inner-loop (TTT) learning rate")
+    ap.add_argument("--lr", type=float, default=3e-3, help="inner-loop (TTT) learning rate")
     ap.add_argument("--sft-epochs", type=int, default=10, help="ReST-EM M-step epochs over the kept self-edits")
-    ap.add_argument("--sft-lr", default="3e-3", help="ReST-EM M-step learning rate (LoRA r32 on all layers, merged)")
+    ap.add_argument("--sft-lr", type=float, default=3e-3, help="ReST-EM M-step learning rate (LoRA r32 on all layers, merged)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--continual", action="store_true",
@@ -55,8 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--continual-passages", type=int, default=8, help="passages (self-edits merged) per sequence")
     args = ap.parse_args(argv)
 
-    from experiments import knowledge_incorporation as ki
     from seal_jax import demo_world
+    from seal_jax.knowledge import experiment as kx
     from seal_jax.runs import write_json
 
     t0 = time.perf_counter()
@@ -76,25 +78,20 @@ def main(argv=None) -> int:
     # defaults) with clean loss masking, but on all seven linear layers and at --lr 3e-3 rather than q,v at 1e-3: at
     # 1.2M parameters the original's adapters barely learn from a passage (benchmarks/DEMO_NOTES.md, section 4).
     # Answers are one sentence, self-edits five lines.
-    common = ["--model", args.model, "--dtype", "float32", "--loss-mode", "all",
-              "--lora-targets", "q,k,v,o,gate,up,down", "--lr", args.lr, "--answer-max-tokens", "24",
-              "--max-self-edit-tokens", "80", "--adapters-per-batch", str(args.adapters_per_batch),
-              "--seed", str(args.seed)]
-    if not args.progress:
-        common.append("--no-progress")
+    common = dict(model=args.model, dtype="float32", loss_mode="all", lora_targets="q,k,v,o,gate,up,down",
+                  lr=args.lr, answer_max_tokens=24, max_self_edit_tokens=80,
+                  adapters_per_batch=args.adapters_per_batch, seed=args.seed, no_progress=not args.progress)
     if args.continual:
         return _continual(args, data, common, t0)
     print("[1/2] passage-only TTT on held-out passages", flush=True)
-    _check(ki.main(["eval", "--data", eval_data, "--n-passages", str(args.n_eval_passages),
-             "--k", "0", "--out", os.path.join(args.out, "passage_only"), *common]))
+    kx.run(kx.EvalConfig(data=eval_data, n_passages=args.n_eval_passages, k=0,
+                         out=os.path.join(args.out, "passage_only"), **common))
     print(f"[2/2] SEAL: self-edits, batched TTT, quiz, ReST-EM ({args.rounds} rounds)", flush=True)
-    _check(ki.main(["rest-em", "--train-data", os.path.join(data, "train.json"), "--n-train-passages",
-             str(args.n_train_passages), "--eval-data", eval_data, "--n-eval-passages",
-             str(args.n_eval_passages), "--eval-k", str(args.eval_k), "--k", str(args.k), "--rank-eval-times", "1",
-             "--rounds", str(args.rounds),
-             "--sft-lr", args.sft_lr, "--sft-epochs", str(args.sft_epochs), "--sft-batch-size", "8",
-             "--sft-rank", "32", "--sft-alpha", "64",
-             "--out", os.path.join(args.out, "restem"), *common]))
+    kx.run(kx.RestEMConfig(train_data=os.path.join(data, "train.json"), n_train_passages=args.n_train_passages,
+                           eval_data=eval_data, n_eval_passages=args.n_eval_passages, eval_k=args.eval_k, k=args.k,
+                           rank_eval_times=1, rounds=args.rounds, sft_lr=args.sft_lr, sft_epochs=args.sft_epochs,
+                           sft_batch_size=8, sft_rank=32, sft_alpha=64.0, out=os.path.join(args.out, "restem"),
+                           **common))
 
     rows, paired, extra = _table(args.out, args.rounds)
     text = _markdown(rows, paired)
@@ -161,7 +158,7 @@ def _pm(ci) -> str:
     return "n/a" if ci is None else f"± {100 * ci:.1f}"
 
 
-def _continual(args, data: str, common: list[str], t0: float) -> int:
+def _continual(args, data: str, common: dict, t0: float) -> int:
     """The paper's continual self-edits experiment on the demo world: for each of `--continual-sequences` random
     sequences of held-out passages, the model writes one self-edit for passage 1, a TTT adapter is trained on it
     (the demo's TTT settings) and merged into the model, then passage 2 with the updated model, and so on; after
@@ -169,20 +166,19 @@ def _continual(args, data: str, common: list[str], t0: float) -> int:
     Writes continual/ (the run), forgetting.json (the mean matrix, its diagonal and per-step retention) and
     forgetting.png (the heatmap)."""
     import numpy as np
-    from experiments import knowledge_incorporation as ki
+    from seal_jax.knowledge import experiment as kx
     from seal_jax.runs import write_json
     cdir = os.path.join(args.out, "continual")
     print(f"continual self-edits: {args.continual_sequences} sequences of {args.continual_passages} held-out "
           f"passages, each self-edit merged in turn", flush=True)
-    _check(ki.main(["continual", "--data", os.path.join(data, "eval.json"), "--n-sequences",
-                    str(args.continual_sequences), "--n-datapoints", str(args.continual_passages), "--out", cdir,
-                    *common]))
+    kx.run(kx.ContinualConfig(data=os.path.join(data, "eval.json"), n_sequences=args.continual_sequences,
+                              n_datapoints=args.continual_passages, out=cdir, **common))
     res = json.load(open(os.path.join(cdir, "results.json")))
     summary = forgetting_summary(np.asarray(res["mean_over_sequences"]))
     summary.update(std_over_sequences=res["std_over_sequences"], n_sequences=res["n_sequences"],
                    n_passages=res["n_datapoints"])
     write_json(os.path.join(args.out, "forgetting.json"), summary)
-    ki._heatmap(np.asarray(res["mean_over_sequences"]), os.path.join(args.out, "forgetting.png"))
+    kx.heatmap(np.asarray(res["mean_over_sequences"]), os.path.join(args.out, "forgetting.png"))
     print(f"diagonal (accuracy on passage j right after its own edit, %): "
           f"{' '.join(f'{100 * v:.1f}' for v in summary['diagonal'])}")
     print("after edit i: mean accuracy on the passages edited before it / their own diagonal (%):")
@@ -204,12 +200,6 @@ def forgetting_summary(m) -> dict:
         retention.append({"after_edit": i, "earlier_accuracy": float(sum(m[i][j] for j in earlier) / (i - 1)),
                           "earlier_diagonal": float(sum(diag[j] for j in earlier) / (i - 1))})
     return {"matrix": m.tolist(), "diagonal": diag, "before_any_edit": float(m[0].mean()), "retention": retention}
-
-
-def _check(status: int) -> None:
-    """A stage that stopped on an error (already printed on one line) ends the demo with its status."""
-    if status:
-        raise SystemExit(status)
 
 
 def _plot(rows, paired, path: str) -> None:

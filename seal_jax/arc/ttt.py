@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from seal_jax import engine as eng
+from seal_jax import engine as eng, seal
 from seal_jax import inner_loop as il
 from seal_jax.arc.augment import Augmenter, fits, make_rng, permute_colors, permute_examples
 from seal_jax.arc.data import ArcTask
@@ -338,7 +338,7 @@ class _Pending:
     slot_of: list[int]  # per configuration
     outcomes: list[CandidateOutcome]  # per slot
     adapters: list[Lora | None]  # per slot
-    waiting: int  # jobs not finished yet
+    waiting: int  # the jobs the task puts in the stream (0: nothing to train)
     data_seconds: float
 
     def done(self, seconds: float) -> TrainedTask:
@@ -437,25 +437,30 @@ def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[
     if not jobs:
         return
     engine = eng.Engine(model, opts.lora, cfg)
-    mark = time.perf_counter()
-    for done in engine.run(jobs):
-        i, slot = done.job.key
-        p = pending[i]
-        out = p.outcomes[slot]
-        out.steps, out.train_tokens = done.steps, done.real_tokens
-        out.first_loss = done.losses[0] if done.losses else None
-        out.final_loss = done.losses[-1] if done.losses else None
-        if done.failed:
-            out.failed, out.failure = True, done.failure
-        p.adapters[slot] = done.lora
-        p.waiting -= 1
-        if p.waiting == 0:
-            trained = p.done(p.data_seconds + time.perf_counter() - mark)
+    mark = [time.perf_counter()]
+
+    def trained(batch: list[list[eng.Finished]]) -> list[TrainedTask]:  # one task's finished jobs per group
+        out = []
+        for group in batch:
+            p = pending[group[0].job.key[0]]
+            for done in group:
+                o = p.outcomes[done.job.key[1]]
+                o.steps, o.train_tokens = done.steps, done.real_tokens
+                o.first_loss = done.losses[0] if done.losses else None
+                o.final_loss = done.losses[-1] if done.losses else None
+                if done.failed:
+                    o.failed, o.failure = True, done.failure
+                p.adapters[done.job.key[1]] = done.lora
+            out.append(p.done(p.data_seconds + time.perf_counter() - mark[0]))
             p.adapters = []  # the stream keeps no reference to a handed-out task's adapters
-            if stats is not None:
-                stats.update({k: (collections.Counter(v) if k == "shapes" else v) for k, v in engine.stats.items()})
-            yield trained
-            mark = time.perf_counter()
+        return out
+
+    for batch in seal.evaluate(engine, jobs, trained, group=lambda job: job.key[0]):
+        if stats is not None:
+            stats.update({k: (collections.Counter(v) if k == "shapes" else v) for k, v in engine.stats.items()})
+        for task in batch:
+            yield task
+            mark[0] = time.perf_counter()
     if stats is not None:
         stats.update({k: (collections.Counter(v) if k == "shapes" else v) for k, v in engine.stats.items()})
 

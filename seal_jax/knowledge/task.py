@@ -5,8 +5,8 @@ the model after test-time training on the self-edit, against the untrained model
     task = KnowledgeTask(tokenizer, passages, TTTConfig(...), grade)
     policy, result = seal.rest_em_round(policy, task, seal.RoundConfig(k=5, ...), seed=0)
 
-`experiments/knowledge_incorporation.py` drives the same pieces (`ttt.evaluate_stream`, `seal.select`, `seal.m_step`)
-through resumable run directories.
+`seal_jax/knowledge/experiment.py` (the `experiments.knowledge_incorporation` command) drives the same pieces
+(`ttt.evaluate_stream`, `seal.select`, `seal.m_step`) through resumable run directories.
 """
 
 from __future__ import annotations

