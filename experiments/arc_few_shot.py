@@ -83,7 +83,7 @@ def parse_args(argv=None) -> ArcConfig:
 @cli
 def main(argv=None) -> int:
     from seal_jax.arc.experiment import run
-    return run(parse_args(argv))
+    return 3 if run(parse_args(argv)) is None else 0  # 3: stopped early by --stop-after-units
 
 
 if __name__ == "__main__":

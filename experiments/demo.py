@@ -21,7 +21,6 @@ why these were chosen). Re-running the same command resumes (finished stages are
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -84,16 +83,16 @@ def main(argv=None) -> int:
     if args.continual:
         return _continual(args, data, common, t0)
     print("[1/2] passage-only TTT on held-out passages", flush=True)
-    kx.run(kx.EvalConfig(data=eval_data, n_passages=args.n_eval_passages, k=0,
-                         out=os.path.join(args.out, "passage_only"), **common))
+    passage = kx.run(kx.EvalConfig(data=eval_data, n_passages=args.n_eval_passages, k=0,
+                                   out=os.path.join(args.out, "passage_only"), **common))
     print(f"[2/2] SEAL: self-edits, batched TTT, quiz, ReST-EM ({args.rounds} rounds)", flush=True)
-    kx.run(kx.RestEMConfig(train_data=os.path.join(data, "train.json"), n_train_passages=args.n_train_passages,
-                           eval_data=eval_data, n_eval_passages=args.n_eval_passages, eval_k=args.eval_k, k=args.k,
-                           rank_eval_times=1, rounds=args.rounds, sft_lr=args.sft_lr, sft_epochs=args.sft_epochs,
-                           sft_batch_size=8, sft_rank=32, sft_alpha=64.0, out=os.path.join(args.out, "restem"),
-                           **common))
+    policies = kx.run(kx.RestEMConfig(
+        train_data=os.path.join(data, "train.json"), n_train_passages=args.n_train_passages, eval_data=eval_data,
+        n_eval_passages=args.n_eval_passages, eval_k=args.eval_k, k=args.k, rank_eval_times=1, rounds=args.rounds,
+        sft_lr=args.sft_lr, sft_epochs=args.sft_epochs, sft_batch_size=8, sft_rank=32, sft_alpha=64.0,
+        out=os.path.join(args.out, "restem"), **common))
 
-    rows, paired, extra = _table(args.out, args.rounds)
+    rows, paired, extra = _table(passage, policies)
     text = _markdown(rows, paired)
     print("\nSEAL knowledge incorporation on the embedded demo world (held-out entities)\n" + text)
     for line in extra:
@@ -109,13 +108,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def _table(out: str, rounds: int):
+def _table(passage: dict, policies: list[dict]):
     """The rows (name, accuracy, ci95, n), the paired differences between rows scored on the same passages, and
-    lines saying how much of each difference's noise is self-edit sampling."""
+    lines saying how much of each difference's noise is self-edit sampling; from the results of the passage-only run
+    and of every policy's evaluation (policy 0 first)."""
     from seal_jax.knowledge.report import paired_difference, per_passage, sampling_variance
-    load = lambda *p: json.load(open(os.path.join(out, *p, "results.json")))  # noqa: E731
-    passage = load("passage_only")
-    policies = [load("restem", f"eval_policy_{r}") for r in range(rounds + 1)]
+    rounds = len(policies) - 1
     pol0 = policies[0]
     named = [("base model (no TTT)", pol0, "baseline"), ("TTT on the passage only", passage, "adapter"),
              ("TTT on self-edits, iteration 0", pol0, "adapter")]
@@ -171,9 +169,8 @@ def _continual(args, data: str, common: dict, t0: float) -> int:
     cdir = os.path.join(args.out, "continual")
     print(f"continual self-edits: {args.continual_sequences} sequences of {args.continual_passages} held-out "
           f"passages, each self-edit merged in turn", flush=True)
-    kx.run(kx.ContinualConfig(data=os.path.join(data, "eval.json"), n_sequences=args.continual_sequences,
-                              n_datapoints=args.continual_passages, out=cdir, **common))
-    res = json.load(open(os.path.join(cdir, "results.json")))
+    res = kx.run(kx.ContinualConfig(data=os.path.join(data, "eval.json"), n_sequences=args.continual_sequences,
+                                    n_datapoints=args.continual_passages, out=cdir, **common))
     summary = forgetting_summary(np.asarray(res["mean_over_sequences"]))
     summary.update(std_over_sequences=res["std_over_sequences"], n_sequences=res["n_sequences"],
                    n_passages=res["n_datapoints"])

@@ -214,6 +214,17 @@ def parse_with_preset(ap: argparse.ArgumentParser, argv, preset_flag: str, prese
     return args
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and a flag's default after its help (when it has a value to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, [], "", argparse.SUPPRESS) \
+                and not action.required and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def parse_config(prog: str, description: str, argv, configs, check, presets: dict[str, dict] | None = None,
                  preset_flag: str = "fidelity"):
     """The config a command line asks for. `configs`: one config class, or {subcommand: config class} (the class's
@@ -221,12 +232,12 @@ def parse_config(prog: str, description: str, argv, configs, check, presets: dic
     the defaults (explicit flags still win). `check(config)` lists problems; the first stops the command with one line
     (`seal_jax.runs.ArgumentParser`: ``error: PROG: ... (see --help)``, status 2)."""
     from seal_jax.runs import ArgumentParser
-    ap = ArgumentParser(prog=f"python -m {prog}", description=description,
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=f"python -m {prog}", description=description, formatter_class=HelpFormatter)
     if isinstance(configs, dict):
         sub = ap.add_subparsers(dest="command", required=True)
         for name, cls in configs.items():
-            add_flags(sub.add_parser(name, help=(cls.__doc__ or name).split(": ", 1)[-1]), cls)
+            add_flags(sub.add_parser(name, help=(cls.__doc__ or name).split(": ", 1)[-1],
+                                     formatter_class=HelpFormatter), cls)
         args = parse_with_preset(ap, argv, preset_flag, presets or {}, list(sub.choices.values()))
         cfg = build(configs[args.command], args)
     else:

@@ -161,3 +161,14 @@ def test_run_refuses_a_bad_config_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown phase"):
         ax.run(ax.ArcConfig(preset="tiny-llama", tokenizer="T", phases="fly", out=str(tmp_path / "a")))
     assert not any(tmp_path.iterdir())  # no run directory was made
+
+
+def test_help_shows_the_defaults(capsys):
+    from experiments import arc_few_shot, knowledge_incorporation
+    for parse, argv in [(knowledge_incorporation.parse_args, ["cpt", "--help"]), (arc_few_shot.parse_args, ["-h"])]:
+        with pytest.raises(SystemExit) as e:
+            parse(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "self-edits per passage (0 = train on the passage only)\n                        (default: 5)" in out
+    assert "(default: None)" not in out and "--slots K" in out

@@ -745,10 +745,10 @@ def run_phases(ctx: Context) -> None:
 
 
 
-def run(cfg: ArcConfig) -> int:
-    """Run the phases of `cfg` in its run directory, resuming what an earlier run there finished; write
-    results.json and summary.md. Returns 0, or 3 when `stop_after_units` stopped it early. A bad config raises
-    ValueError (its first problem) before any work."""
+def run(cfg: ArcConfig) -> dict | None:
+    """Run the phases of `cfg` in its run directory, resuming what an earlier run there finished; write and return
+    results.json (every finished phase's metrics and per-task results) and summary.md. Returns None when
+    `stop_after_units` stopped it early. A bad config raises ValueError (its first problem) before any work."""
     import sys
     bad = check(cfg)
     if bad:
@@ -760,7 +760,7 @@ def run(cfg: ArcConfig) -> int:
         ctx.run.event("stopped", after_units=cfg.stop_after_units)
         print(f"stopped after {cfg.stop_after_units} finished tasks (--stop-after-units); re-run to resume",
               file=sys.stderr)
-        return 3
-    write_results(ctx)
+        return None
+    results = write_results(ctx)
     ctx.run.event("done", phases=list(_names(cfg.phases)))
-    return 0
+    return results

@@ -43,17 +43,23 @@ def _get(tree, path: str):
     return tree
 
 
-def read_config(path: str) -> ModelConfig:
-    cfg_path = os.path.join(path, CONFIG_FILE)
+def read_json_file(path: str, name: str, kind: str = "checkpoint") -> tuple[str, Any]:
+    """(the file's path, its JSON) of file `name` in directory `path`; a missing directory or file or invalid JSON
+    is a one-line `CheckpointError` naming it (`kind` names the directory: checkpoint, adapter)."""
+    file_path = os.path.join(path, name)
     if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint directory not found: {path}")
-    if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"no {CONFIG_FILE} in {path}")
+        raise CheckpointError(f"{kind} directory not found: {path}")
+    if not os.path.isfile(file_path):
+        raise CheckpointError(f"no {name} in {path}")
     try:
-        with open(cfg_path) as f:
-            hf = json.load(f)
+        with open(file_path) as f:
+            return file_path, json.load(f)
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        raise CheckpointError(f"{file_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def read_config(path: str) -> ModelConfig:
+    cfg_path, hf = read_json_file(path, CONFIG_FILE)
     try:
         return ModelConfig.from_hf(hf, source=cfg_path)
     except ConfigError as e:

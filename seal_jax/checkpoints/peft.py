@@ -24,7 +24,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from seal_jax.checkpoints.hf import CheckpointError
+from seal_jax.checkpoints.hf import CheckpointError, read_json_file
 from seal_jax.lora import Lora, LoraConfig
 from seal_jax.models import schema
 from seal_jax.models.config import ModelConfig
@@ -86,16 +86,7 @@ def _matches(patterns: str | list[str], key: str) -> bool:
 
 def read_adapter_config(path: str) -> dict[str, Any]:
     """The validated `adapter_config.json` of a PEFT LoRA adapter directory."""
-    if not os.path.isdir(path):
-        raise CheckpointError(f"adapter directory not found: {path}")
-    cfg_path = os.path.join(path, ADAPTER_CONFIG_FILE)
-    if not os.path.isfile(cfg_path):
-        raise CheckpointError(f"no {ADAPTER_CONFIG_FILE} in {path}")
-    try:
-        with open(cfg_path) as f:
-            cfg = json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    cfg_path, cfg = read_json_file(path, ADAPTER_CONFIG_FILE, "adapter")
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
 

@@ -471,7 +471,7 @@ def write_summary(ctx: Context, title: str, rows: list[dict], extra: str = "") -
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def run_eval(ctx: Context) -> None:
+def run_eval(ctx: Context) -> dict:
     a = ctx.cfg
     passages = passages_for(a.data, a.self_edits, a.n_passages, a.start)
     results = evaluate(ctx, passages, ctx.run.path, a.k, a.eval_times)
@@ -480,6 +480,7 @@ def run_eval(ctx: Context) -> None:
     write_summary(ctx, "Knowledge incorporation: single passage",
                   [summary_row("base model (no TTT)", results, "baseline"),
                    summary_row(f"TTT on {name}", results, "adapter")])
+    return results
 
 
 def select_best(passages, results: dict, require_improvement: bool) -> tuple[list[dict], list[dict]]:
@@ -523,7 +524,7 @@ def round_passages(train_data: str, rounds: int, n: int, regenerate: bool = Fals
             for r, ps in enumerate(per_round)]
 
 
-def run_rest_em(ctx: Context) -> None:
+def run_rest_em(ctx: Context) -> list[dict]:
     from seal_jax import seal, sft as sft_lib
     from seal_jax.checkpoints.state import load_policy, save_policy
     from seal_jax.knowledge.data import load_passages
@@ -532,13 +533,14 @@ def run_rest_em(ctx: Context) -> None:
     per_round = round_passages(a.train_data, a.rounds, a.n_train_passages, a.regenerate)
     eval_passages = passages_for(a.eval_data, None, a.n_eval_passages) if a.eval_data else []
     policies = [ctx.model]
-    rows = []
+    rows, evals = [], []
     for r in range(a.rounds + 1):
         policy = policies[r]
         if eval_passages:
             res = evaluate(ctx, [dataclasses.replace(p, completions=()) for p in eval_passages],
                            ctx.run.dir(f"eval_policy_{r}"), a.eval_k, a.eval_times, policy,
                            label=f"policy {r} eval ")
+            evals.append(res)
             if r == 0:
                 rows.append(summary_row("base model (no TTT)", res, "baseline"))
             rows.append(summary_row("self-edit TTT, iteration 0" if r == 0 else f"SEAL, ReST-EM round {r}",
@@ -576,9 +578,10 @@ def run_rest_em(ctx: Context) -> None:
         policies.append(nxt)
     if rows:
         write_summary(ctx, "Knowledge incorporation: ReST-EM", rows)
+    return evals
 
 
-def run_cpt(ctx: Context) -> None:
+def run_cpt(ctx: Context) -> dict:
     import numpy as np
     from seal_jax import inner_loop as il
     from seal_jax.knowledge.report import ci95
@@ -625,17 +628,18 @@ def run_cpt(ctx: Context) -> None:
                "gain": float(np.mean(adapt_c) - np.mean(base_c)), "n_questions": len(adapt_c),
                "train_sequences": cpt["train_sequences"], "eval_questions": len(asked),
                "full_finetune": a.full_finetune}
+    results = {"overall": overall, **settings(ctx), "per_passage": cpt["per_passage"]}
     if is_main():
-        write_json(ctx.run.file("results.json"), {"overall": overall, **settings(ctx),
-                                                  "per_passage": cpt["per_passage"]})
+        write_json(ctx.run.file("results.json"), results)
     rows = [{"name": "base model", "accuracy": overall["baseline_accuracy"], "ci95": ci95(base_c),
              "n": len(passages)},
             {"name": f"CPT on {len(passages)} passages ({'full FT' if a.full_finetune else 'LoRA'})",
              "accuracy": overall["adapter_accuracy"], "ci95": ci95(adapt_c), "n": len(passages)}]
     write_summary(ctx, "Knowledge incorporation: continued pretraining (micro accuracy)", rows)
+    return results
 
 
-def run_continual(ctx: Context) -> None:
+def run_continual(ctx: Context) -> dict:
     import numpy as np
     from seal_jax.checkpoints.state import StateCheckpointer
     from seal_jax.knowledge.data import load_passages
@@ -680,19 +684,18 @@ def run_continual(ctx: Context) -> None:
         if is_main():
             write_json(mpath, {"matrix": m.tolist(), "passages": [c.title for c in chosen]})
     mean, std = np.mean(matrices, axis=0), np.std(matrices, axis=0)
+    results = {"mean_over_sequences": mean.tolist(), "std_over_sequences": std.tolist(), "n_sequences": S,
+               "n_datapoints": n, "dataset": a.data, **settings(ctx)}
     if is_main():
-        write_json(ctx.run.file("results.json"), {"mean_over_sequences": mean.tolist(),
-                                                   "std_over_sequences": std.tolist(), "n_sequences": S,
-                                                   "n_datapoints": n, "dataset": a.data, **settings(ctx)})
+        write_json(ctx.run.file("results.json"), results)
         heatmap(mean, ctx.run.file("forgetting.png"))
     lines = ["| after edit | " + " | ".join(f"p{j}" for j in range(n)) + " |", "|---" * (n + 1) + "|"]
     for i, row in enumerate(mean):
         cells = [f"{100 * v:.1f}" if (i == 0 or j < i) else "" for j, v in enumerate(row)]
         lines.append(f"| {'none' if i == 0 else i} | " + " | ".join(cells) + " |")
-    text = "# Continual self-edits: accuracy on passage j after i edits\n\n" + "\n".join(lines) + "\n"
-    if is_main():
-        open(ctx.run.file("summary.md"), "w").write(text)
-    print(text)
+    ctx.run.write_summary("# Continual self-edits: accuracy on passage j after i edits\n\n" + "\n".join(lines) + "\n",
+                          write=is_main())
+    return results
 
 
 def _continual_step(ctx: Context, model, chosen, p, k: int, job) -> tuple[Any, list[float]]:
@@ -742,18 +745,20 @@ COMMANDS = {"eval": (EvalConfig, run_eval), "rest-em": (RestEMConfig, run_rest_e
             "continual": (ContinualConfig, run_continual)}
 
 
-def run(cfg, print_notes: bool = True) -> None:
+def run(cfg, print_notes: bool = True) -> dict | list[dict]:
     """Run the command of config `cfg` (an `EvalConfig`, `RestEMConfig`, `CPTConfig` or `ContinualConfig`) in its
-    run directory, resuming what an earlier run there finished. A bad config raises ValueError (its first problem)
-    before any work."""
+    run directory, resuming what an earlier run there finished, and return its results: what results.json holds
+    (eval, cpt, continual; the original's schema with CIs), or for rest-em every policy's evaluation (policy 0, the
+    base, first; empty without `eval_data`). A bad config raises ValueError (its first problem) before any work."""
     bad = check(cfg)
     if bad:
         raise ValueError(bad[0])
     for line in (notes(cfg) if print_notes else ()):
         print(f"note: {line}", file=sys.stderr)
     ctx = load_context(cfg)
-    COMMANDS[command_of(cfg)][1](ctx)
+    results = COMMANDS[command_of(cfg)][1](ctx)
     ctx.run.event("done", command=command_of(cfg))
     if cfg.distributed:
         from seal_jax.distributed import barrier
         barrier("knowledge_incorporation_done")
+    return results

@@ -51,24 +51,23 @@ def test_rerun_resumes_from_the_finished_stages(run, capsys):
     assert "SEAL, ReST-EM round 1" in out and "paired 95% CI" in out
 
 
-def _results(path, base, adapter, spread):
-    """A results.json with per-passage baseline / adapter means (two self-edits each, std `spread`)."""
-    os.makedirs(path, exist_ok=True)
+def _results(base, adapter, spread):
+    """Results (the results.json schema) with per-passage baseline / adapter means (two self-edits each, std
+    `spread`)."""
     arts = [{"passage_index": i, "stats": {"baseline_mean": b, "adapter_mean": a, "adapter_std_over_completions": spread},
              "completions": [{}, {}]} for i, (b, a) in enumerate(zip(base, adapter))]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     overall = {"baseline_mean_accuracy": mean(base), "baseline_ci95": 0.1, "adapter_mean_accuracy": mean(adapter),
                "adapter_ci95": 0.1, "n_articles": len(base)}
-    json.dump({"overall": overall, "articles": arts}, open(os.path.join(path, "results.json"), "w"))
+    return {"overall": overall, "articles": arts}
 
 
-def test_table_of_two_rounds_by_hand(tmp_path):
+def test_table_of_two_rounds_by_hand():
     base = [0.0, 0.2, 0.0]
-    _results(tmp_path / "passage_only", base, [0.2, 0.2, 0.4], 0.0)
-    _results(tmp_path / "restem" / "eval_policy_0", base, [0.4, 0.6, 0.4], 0.2)
-    _results(tmp_path / "restem" / "eval_policy_1", [0.0, 0.0, 0.2], [0.6, 0.6, 0.6], 0.2)
-    _results(tmp_path / "restem" / "eval_policy_2", [0.0, 0.0, 0.0], [0.8, 0.6, 1.0], 0.0)
-    rows, paired, extra = demo._table(str(tmp_path), 2)
+    passage = _results(base, [0.2, 0.2, 0.4], 0.0)
+    policies = [_results(base, [0.4, 0.6, 0.4], 0.2), _results([0.0, 0.0, 0.2], [0.6, 0.6, 0.6], 0.2),
+                _results([0.0, 0.0, 0.0], [0.8, 0.6, 1.0], 0.0)]
+    rows, paired, extra = demo._table(passage, policies)
     assert [r[0] for r in rows] == ROWS
     assert [(d["baseline"], d["setting"]) for d in paired] == list(zip(ROWS, ROWS[1:])) + [(ROWS[2], ROWS[4])]
     # the base row is policy 0's baseline; round 1 - iteration 0: differences [0.2, 0.0, 0.2], mean 0.4 / 3,
