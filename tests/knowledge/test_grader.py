@@ -109,6 +109,26 @@ def test_hand_computed_feature_values():
         "years_equal_claim": 0.0, "negation_before_match": 1.0, "match_pos": 0.5, "match_abs": 3.0,
         "gold_is_year": 1.0, "qtype_1": 1.0}
 
+    # soft matches: the gold stem "palestin" is the first 8 letters of "palestinian" (11): 8/11 >= 0.6, one gold word
+    assert _features("Where does Hamas originate?", "Palestine", "In the Palestinian territories.", [
+        "soft_recall_full", "soft_recall_claim", "soft_novel_recall_claim", "recall_full"]) == {
+        "soft_recall_full": pytest.approx(8 / 11), "soft_recall_claim": pytest.approx(8 / 11),
+        "soft_novel_recall_claim": pytest.approx(8 / 11), "recall_full": 0.0}
+    # "1640s" is the years 1640-1649: 1649 lies in it (no gold year, so the reverse check is not applicable)
+    assert _features("When?", "1640s", "In 1649, the abbey was attacked.", [
+        "period_in_full", "period_in_claim", "claim_period_holds_gold_year"]) == {
+        "period_in_full": 1.0, "period_in_claim": 1.0, "claim_period_holds_gold_year": -1.0}
+    # "10th century" is the years 900-999 and holds 955; the answer names the decade (1640-1649) of the gold year
+    assert _features("When?", "10th century", "From 955 to 1806.", ["period_in_claim"]) == {"period_in_claim": 1.0}
+    assert _features("When?", "1649", "In the 1640s.", ["period_in_claim", "claim_period_holds_gold_year"]) == {
+        "period_in_claim": -1.0, "claim_period_holds_gold_year": 1.0}
+    # three gold items {ic}, {microchip}, {simply, chip}: "ic" found, "simply chips" half found, "microchips" not
+    assert _features("What are some abbreviations for integrated circuits?", "IC, microchips or simply chips",
+                     "IC and chips", ["gold_items", "gold_items_found_full", "gold_items_found_claim"]) == {
+        "gold_items": 3.0, "gold_items_found_full": pytest.approx(2 / 3), "gold_items_found_claim": pytest.approx(2 / 3)}
+    assert _features("Who?", "Ann", "Ann.", ["gold_items", "gold_items_found_full"]) == {
+        "gold_items": 1.0, "gold_items_found_full": -1.0}
+
 
 def test_split_is_by_question_disjoint_and_deterministic():
     q = "Who was appointed as second in command to Lor Loudoun in 1756?"
@@ -200,11 +220,11 @@ def _synthetic_verdicts(path, n_questions=240):
     return path
 
 
-def test_fit_protocol_is_reproducible_and_chooses_on_select(tmp_path):
-    _in_subprocess("_fit_protocol_is_reproducible_and_chooses_on_select", str(tmp_path))
+def test_fit_protocol_is_reproducible_and_chooses_by_cross_validation(tmp_path):
+    _in_subprocess("_fit_protocol_is_reproducible_and_chooses_by_cross_validation", str(tmp_path))
 
 
-def _fit_protocol_is_reproducible_and_chooses_on_select(tmp):
+def _fit_protocol_is_reproducible_and_chooses_by_cross_validation(tmp):
     import pathlib
     tmp_path = pathlib.Path(tmp)
     src = _synthetic_verdicts(tmp_path / "verdicts.jsonl")
@@ -216,11 +236,14 @@ def _fit_protocol_is_reproducible_and_chooses_on_select(tmp):
     assert a.read_bytes() == b.read_bytes()
     params = json.loads(a.read_text())
     table = params["training"]["selection"]
-    best = max(range(len(grid)), key=lambda i: table[i]["select_agreement_at_best_threshold"])
+    best = max(range(len(grid)), key=lambda i: table[i]["cv_agreement_at_best_threshold"])
     assert params["training"]["hyperparameters"] == grid[best] and params["threshold"] == table[best]["best_threshold"]
-    assert params["training"]["rows"] == sum(split_of(f"Which colour is object number {i}?") == "fit"
-                                             for i in range(240)) * 4  # fit questions, non-empty rows only
-    assert set(report) >= {"fit", "select", "report", "select_by_answer_style"}
+    # trained on the development questions ("fit" and "select"), non-empty rows only; "report" is never trained on
+    dev = sum(split_of(f"Which colour is object number {i}?") in G.DEVELOPMENT_PARTS for i in range(240))
+    assert params["training"]["rows"] == dev * 4 and params["training"]["questions"] == dev
+    assert params["split"]["cv_folds"] == G.CV_FOLDS
+    assert set(report) >= {"development_cv", "fit", "select", "report", "development_cv_by_answer_style"}
+    assert report["development_cv"]["offline_grader"]["rows"] == dev * 5
     assert report["report"]["offline_grader"]["agreement"] > report["report"]["substring_rule"]["agreement"]
     assert params["calibration"]["report"] == report["report"]
     grader = OfflineGrader(a)
@@ -239,8 +262,10 @@ def test_report_agreement_with_gpt41(offline, verdicts):
     assert all(keys.values()) and not (keys["fit"] & keys["select"] or keys["fit"] & keys["report"]
                                        or keys["select"] & keys["report"]), "a question is in two parts"
     params = json.loads(DEFAULT_PARAMS_PATH.read_text())
-    assert params["training"]["rows"] == sum(1 for r in parts["fit"] if r["prediction"].strip())  # fit part only
-    assert params["training"]["questions"] == len(keys["fit"])
+    # trained on the development questions ("fit" and "select") only
+    dev = parts["fit"] + parts["select"]
+    assert params["training"]["rows"] == sum(1 for r in dev if r["prediction"].strip())
+    assert params["training"]["questions"] == len(keys["fit"] | keys["select"])
 
     held = parts["report"]
     got = offline.grade([r["question"] for r in held], [r["gold"] for r in held], [r["prediction"] for r in held])
