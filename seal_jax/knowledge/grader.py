@@ -175,20 +175,43 @@ his her him there than then so such into onto upon about over under after before
 not no but if while because i you we our your my me us can could would should will shall may might must st nd rd th s
 """.split())
 
-_SUFFIXES = ("ational", "ations", "ation", "ments", "ment", "ings", "ing", "ions", "ion", "ness", "ies", "ied",
-             "ers", "er", "ed", "es", "ly", "al", "s", "e", "y")
+_SUFFIXES = ("ational", "ations", "ation", "ments", "ment", "ings", "ing", "ions", "ion", "ness", "isms", "ism",
+             "ists", "ist", "ities", "ity", "ians", "ian", "ies", "ied", "ers", "er", "ed", "es", "ly", "al", "s", "e",
+             "y")
 _STEMS: dict[str, str] = {}
+# Irregular verb forms and plurals, stemmed as their base form ("fled" = "flee", "broken" = "break").
+_IRREGULAR = {form: base for base, forms in (
+    ("flee", "fled"), ("break", "broke broken"), ("build", "built"), ("win", "won"), ("lead", "led"),
+    ("buy", "bought"), ("bring", "brought"), ("catch", "caught"), ("fight", "fought"), ("teach", "taught"),
+    ("think", "thought"), ("sell", "sold"), ("tell", "told"), ("hold", "held"), ("begin", "began begun"),
+    ("become", "became"), ("come", "came"), ("choose", "chose chosen"), ("drive", "drove driven"),
+    ("fall", "fell fallen"), ("feel", "felt"), ("find", "found"), ("give", "gave given"), ("grow", "grew grown"),
+    ("know", "knew known"), ("leave", "left"), ("lose", "lost"), ("make", "made"), ("meet", "met"), ("pay", "paid"),
+    ("run", "ran"), ("rise", "rose risen"), ("say", "said"), ("send", "sent"), ("spend", "spent"),
+    ("stand", "stood"), ("strike", "struck stricken"), ("take", "took taken"), ("write", "wrote written"),
+    ("go", "went gone"), ("see", "saw seen"), ("speak", "spoke spoken"), ("steal", "stole stolen"),
+    ("shoot", "shot"), ("sink", "sank sunk"), ("wear", "wore worn"), ("feed", "fed"), ("freeze", "froze frozen"),
+    ("hide", "hid hidden"), ("mean", "meant"), ("ride", "rode ridden"), ("seek", "sought"),
+    ("shake", "shook shaken"), ("slay", "slew slain"), ("sweep", "swept"), ("throw", "threw thrown"),
+    ("understand", "understood"), ("withdraw", "withdrew withdrawn"), ("overthrow", "overthrew overthrown"),
+    ("forget", "forgot forgotten"), ("deal", "dealt"), ("dig", "dug"), ("draw", "drew drawn"), ("eat", "ate eaten"),
+    ("fly", "flew flown"), ("keep", "kept"), ("lend", "lent"), ("sing", "sang sung"), ("sleep", "slept"),
+    ("stick", "stuck"), ("swim", "swam swum"), ("tear", "tore torn"), ("weep", "wept"), ("forbid", "forbade"),
+    ("child", "children"), ("man", "men"), ("woman", "women"), ("mouse", "mice"), ("foot", "feet"),
+    ("tooth", "teeth")) for form in forms.split()}
 
 
 def stem(token: str) -> str:
-    """A light suffix-stripping stem ("exploring"/"exploration" -> "explor"); numbers and short words are kept."""
+    """A light suffix-stripping stem ("exploring"/"exploration" -> "explor", "Puritans"/"Puritanism" -> "puritan");
+    irregular forms first become their base ("fled" -> "flee", "broken" -> "break"); numbers and short words are
+    kept."""
     s = _STEMS.get(token)
     if s is None:
-        s = token
-        if not token[0].isdigit() and len(token) > 3:
+        s = base = _IRREGULAR.get(token, token)
+        if not base[0].isdigit() and len(base) > 3:
             for suf in _SUFFIXES:
-                if token.endswith(suf) and len(token) - len(suf) >= 3:
-                    s = token[:-len(suf)]
+                if base.endswith(suf) and len(base) - len(suf) >= 3:
+                    s = base[:-len(suf)]
                     break
         if len(_STEMS) < 200_000:
             _STEMS[token] = s
