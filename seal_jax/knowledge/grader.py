@@ -280,6 +280,42 @@ def _numbers(canon: Iterable[str]) -> set[float]:
     return vals
 
 
+_UPPER_WORDS = {"under", "below", "less", "fewer", "nearly", "almost", "most", "within"}
+_LOWER_WORDS = {"over", "above", "more", "least", "exceeding", "excess", "beyond"}
+_RANGE_WORDS = {"to", "and", "through"}
+_PLURAL_SCALES = {"dozens": (24.0, 144.0), "hundreds": (200.0, 1000.0), "thousands": (2000.0, 10.0 ** 6),
+                  "millions": (2e6, 1e9), "billions": (2e9, 1e12)}
+
+
+def _number_bounds(canon: Sequence[str]) -> list[tuple[float, float]]:
+    """The intervals a gold answer's numbers allow: "under 40" -> below 40, "over 150" -> above 150 (both strict),
+    "20 to 25" / "20-25" -> [20, 25], "hundreds" -> [200, 1000); empty when it states none of these. `canon` are
+    ``canonical_tokens`` (numbers already one token)."""
+    out = []
+    for i, t in enumerate(canon):
+        if t in _PLURAL_SCALES:
+            out.append(_PLURAL_SCALES[t])
+        if not t[0].isdigit():
+            continue
+        try:
+            v = float(t)
+        except ValueError:
+            continue
+        before = canon[max(0, i - 2):i]
+        if any(w in _UPPER_WORDS for w in before):  # strict: "$1.25" is not "less than $1.25"
+            out.append((-math.inf, v - 1e-9 * max(1.0, abs(v))))
+        elif any(w in _LOWER_WORDS for w in before):
+            out.append((v + 1e-9 * max(1.0, abs(v)), math.inf))
+        if i + 2 < len(canon) and canon[i + 1] in _RANGE_WORDS and canon[i + 2][0].isdigit():
+            try:
+                w = float(canon[i + 2])
+            except ValueError:
+                continue
+            if v < w:
+                out.append((v, w))
+    return out
+
+
 def _years(nums: set[float]) -> set[float]:
     return {v for v in nums if 1000 <= v <= 2100 and v == int(v)}
 
@@ -522,6 +558,10 @@ def _feature_dict(question: str, gold: str, prediction: str) -> dict[str, float]
     f["num_close_claim"] = float(any(abs(a - b) <= 0.15 * max(abs(a), 1e-9) for a in g_num for b in c_num)) \
         if g_num else -1.0
     f["num_n_claim"] = float(len(c_num))
+    bounds = _number_bounds(canonical_tokens(g.raw))
+    for name, nums in (("full", f_num), ("claim", c_num)):
+        f["num_within_bounds_" + name] = float(any(lo <= v <= hi for lo, hi in bounds for v in nums)) \
+            if bounds else -1.0
     f["question_num_recall_claim"] = _ratio(len(q_num & c_num), len(q_num))
     g_years = _years(g_num)
     f["year_recall_full"] = _ratio(len(g_years & f_num), len(g_years))

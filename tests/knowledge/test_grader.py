@@ -128,6 +128,16 @@ def test_hand_computed_feature_values():
         "gold_items": 3.0, "gold_items_found_full": pytest.approx(2 / 3), "gold_items_found_claim": pytest.approx(2 / 3)}
     assert _features("Who?", "Ann", "Ann.", ["gold_items", "gold_items_found_full"]) == {
         "gold_items": 1.0, "gold_items_found_full": -1.0}
+    # numbers a gold answer bounds: "under 40%" holds 36 (strictly below 40), "over 150" does not hold 150,
+    # "20% to 25%" holds 20, "hundreds" holds 200-999; "1840" states no bound
+    for gold, prediction, within in (("under 40%", "36%", 1.0), ("over 150", "150 players", 0.0),
+                                     ("20% to 25%", "About 20%.", 1.0), ("hundreds", "Over 200.", 1.0),
+                                     ("1840", "1841", -1.0)):
+        assert _features("How many?", gold, prediction, ["num_within_bounds_claim"]) == {
+            "num_within_bounds_claim": within}, (gold, prediction)
+    # irregular forms and -ism/-ian suffixes share a stem with their base
+    assert [G.stem(w) for w in ("fled", "flee", "broken", "break", "puritanism", "puritans")] == [
+        "fle", "fle", "break", "break", "puritan", "puritan"]
 
 
 def test_split_is_by_question_disjoint_and_deterministic():
