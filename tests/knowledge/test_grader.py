@@ -109,11 +109,12 @@ def test_hand_computed_feature_values():
         "years_equal_claim": 0.0, "negation_before_match": 1.0, "match_pos": 0.5, "match_abs": 3.0,
         "gold_is_year": 1.0, "qtype_1": 1.0}
 
-    # soft matches: the gold stem "palestin" is the first 8 letters of "palestinian" (11): 8/11 >= 0.6, one gold word
-    assert _features("Where does Hamas originate?", "Palestine", "In the Palestinian territories.", [
+    # soft matches: the gold stem "greek" and the answer's "greec" ("Greece") share 4 letters of 5 (0.8 >= 0.6);
+    # "bord" ("borders") is not matched: (0.8 + 0) / 2
+    assert _features("Where are they found?", "Greek borders", "In northern Greece.", [
         "soft_recall_full", "soft_recall_claim", "soft_novel_recall_claim", "recall_full"]) == {
-        "soft_recall_full": pytest.approx(8 / 11), "soft_recall_claim": pytest.approx(8 / 11),
-        "soft_novel_recall_claim": pytest.approx(8 / 11), "recall_full": 0.0}
+        "soft_recall_full": pytest.approx(0.4), "soft_recall_claim": pytest.approx(0.4),
+        "soft_novel_recall_claim": pytest.approx(0.4), "recall_full": 0.0}
     # "1640s" is the years 1640-1649: 1649 lies in it (no gold year, so the reverse check is not applicable)
     assert _features("When?", "1640s", "In 1649, the abbey was attacked.", [
         "period_in_full", "period_in_claim", "claim_period_holds_gold_year"]) == {
@@ -263,10 +264,10 @@ def _fit_protocol_is_reproducible_and_chooses_by_cross_validation(tmp):
 
 
 def test_report_agreement_with_gpt41(offline, verdicts):
-    """The shipped parameters were fit on the "fit" questions and chosen on "select"; the "report" questions were
-    used for nothing else. On them the grader agrees with GPT-4.1 on 0.8931 of the rows (95% bootstrap interval over
-    questions 0.870-0.915, see benchmarks/RESULTS.md); it must stay at 0.88 or more and well above the substring rule
-    (0.8567 there)."""
+    """The shipped parameters were chosen by cross-validation over the "fit" and "select" questions and fit on both;
+    the "report" questions were used for nothing else. On them the grader agrees with GPT-4.1 on 0.8974 of the rows
+    (95% bootstrap interval over questions 0.876-0.917, see benchmarks/RESULTS.md); it must stay at 0.89 or more and
+    well above the substring rule (0.8567 there)."""
     parts = {name: [r for r in verdicts if split_of(r["question"]) == name] for name, _, _ in SPLITS}
     keys = {name: {split_key(r["question"]) for r in rows} for name, rows in parts.items()}
     assert all(keys.values()) and not (keys["fit"] & keys["select"] or keys["fit"] & keys["report"]
@@ -290,7 +291,7 @@ def test_report_agreement_with_gpt41(offline, verdicts):
           f"{agree:.4f}, substring rule {base:.4f}; on the substring rule's misses the offline grader agrees on "
           f"{sum(got[i] for i in fn)}/{len(fn)} GPT-yes-but-no-substring rows and {sum(not got[i] for i in fp)}/"
           f"{len(fp)} substring-but-GPT-no rows")
-    assert agree >= 0.88
+    assert agree >= 0.89
     assert agree > base + 0.02
 
 
