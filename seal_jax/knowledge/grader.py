@@ -60,7 +60,7 @@ year sets, so "1840-1841" matches "16 September 1840 to 21 May 1841") and months
 tokens found, foreign names in the claim; hedges, negations (also next to the gold), "or"/"and", commas, alternative
 candidates in the first sentence, lists and unsure phrases; where the gold first appears (position, sentence);
 character-trigram containment; the question type; lengths and line counts. Added with the cross-validated protocol:
-soft (shared-prefix) recall of the gold words ("Palestinian" for "Palestine"); decades and centuries ("1649" is in
+soft (shared-prefix) recall of the gold words ("Greece" for "Greek"); decades and centuries ("1649" is in
 "the 1640s", "955" in "the 10th century"); how many of a listed gold's items are covered ("IC, microchips or simply
 chips"); whether a number lies in the interval the gold states ("36%" for "under 40%", "over 200" for "hundreds");
 and stems that map irregular forms to their base ("fled" = "flee") and strip -ism/-ist/-ity/-ian.
@@ -302,8 +302,8 @@ _PLURAL_SCALES = {"dozens": (24.0, 144.0), "hundreds": (200.0, 1000.0), "thousan
 
 def _number_bounds(canon: Sequence[str]) -> list[tuple[float, float]]:
     """The intervals a gold answer's numbers allow: "under 40" -> below 40, "over 150" -> above 150 (both strict),
-    "20 to 25" / "20-25" -> [20, 25], "hundreds" -> [200, 1000); empty when it states none of these. `canon` are
-    ``canonical_tokens`` (numbers already one token)."""
+    "20 to 25" -> [20, 25], "hundreds" -> [200, 1000]; empty when it states none of these ("20-25" is two numbers
+    without a range word: not a range). `canon` are ``canonical_tokens`` (numbers already one token)."""
     out = []
     for i, t in enumerate(canon):
         if t in _PLURAL_SCALES:
@@ -663,7 +663,7 @@ def _feature_dict(question: str, gold: str, prediction: str) -> dict[str, float]
     f["trigram_claim"] = _trigram_containment(g_tri, nc)
     f["trigram_full"] = _trigram_containment(g_tri, nf)
 
-    # --- soft (prefix) token matches: "Palestinian" for "Palestine", "Puritanism" for "Puritans"
+    # --- soft (prefix) token matches: "Greece" for "Greek", "storage" for "stores"
     g_alpha = [t for t in g_set if t[0].isalpha()]
     g_novel_alpha = [t for t in g_alpha if t in g_novel]
     for name in ("full", "claim"):

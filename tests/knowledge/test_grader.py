@@ -126,7 +126,8 @@ def test_hand_computed_feature_values():
     # three gold items {ic}, {microchip}, {simply, chip}: "ic" found, "simply chips" half found, "microchips" not
     assert _features("What are some abbreviations for integrated circuits?", "IC, microchips or simply chips",
                      "IC and chips", ["gold_items", "gold_items_found_full", "gold_items_found_claim"]) == {
-        "gold_items": 3.0, "gold_items_found_full": pytest.approx(2 / 3), "gold_items_found_claim": pytest.approx(2 / 3)}
+        "gold_items": 3.0, "gold_items_found_full": pytest.approx(2 / 3),
+        "gold_items_found_claim": pytest.approx(2 / 3)}
     assert _features("Who?", "Ann", "Ann.", ["gold_items", "gold_items_found_full"]) == {
         "gold_items": 1.0, "gold_items_found_full": -1.0}
     # numbers a gold answer bounds: "under 40%" holds 36 (strictly below 40), "over 150" does not hold 150,
