@@ -9,7 +9,8 @@ Every input row needs string fields ``question``, ``gold`` and ``prediction``; o
 ``gpt41_correct`` the agreement with those GPT-4.1 verdicts is printed with its confusion counts. The grading speed
 (rows/s, model loading excluded) is always printed, so running the offline grader on the verdicts file doubles as its
 CPU benchmark. ``--split fit|select|report`` keeps only the rows of that part of the offline grader's by-question
-split (``seal_jax.knowledge.grader.SPLITS``): it was fit on "fit", chosen on "select" and only measured on "report".
+split (``seal_jax.knowledge.grader.SPLITS``): it was chosen by cross-validation over "fit" and "select" and fit on
+both, and only measured on "report".
 
 Bad input (a missing file, invalid JSON, a row without a required field) stops with a one-line error and exit code 2.
 """
