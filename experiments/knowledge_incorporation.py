@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 
 from seal_jax.cli import parse_config
-from seal_jax.knowledge.experiment import COMMANDS, ORIGINAL, check, notes
+from seal_jax.knowledge.experiment import COMMANDS, ORIGINAL, check
 from seal_jax.runs import cli
 
 
@@ -43,10 +43,7 @@ def parse_args(argv=None):
 @cli
 def main(argv=None) -> int:
     from seal_jax.knowledge.experiment import run
-    cfg = parse_args(argv)
-    for line in notes(cfg):
-        print(f"note: {line}", file=sys.stderr)
-    run(cfg, print_notes=False)
+    run(parse_args(argv))
     return 0
 
 

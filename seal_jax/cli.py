@@ -33,12 +33,12 @@ REQUIRED = dataclasses.MISSING
 
 
 def flag(default: Any = REQUIRED, help: str = "", *, minimum: int | None = None, finite: bool = False,
-         int_list: bool = False, aliases: Sequence[str] = (), metavar: str | None = None, cli: bool = True) -> Any:
+         int_list: bool = False, aliases: Sequence[str] = (), metavar: str | None = None) -> Any:
     """A config field that is also a command-line flag. ``minimum``: the value must be at least this; ``finite``: a
     finite number >= 0; ``int_list``: a comma-separated list of positive integers; ``aliases``: other flag spellings
-    (the first name is always ``--field-name``); ``cli=False``: a field only Python callers set."""
+    (the first name is always ``--field-name``)."""
     meta = dict(help=help, minimum=minimum, finite=finite, int_list=int_list, aliases=tuple(aliases),
-                metavar=metavar, cli=cli)
+                metavar=metavar)
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -75,15 +75,12 @@ def _scalar(tp) -> tuple[Any, tuple | None]:
     return tp, None
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, groups: dict | None = None) -> None:
-    """One flag per field of dataclass `cls` (fields with ``cli=False`` excepted), in argument groups titled by the
-    declaring classes' docstrings. `groups` (title -> group) lets several configs share groups on one parser."""
-    groups = {} if groups is None else groups
+def add_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of dataclass `cls`, in argument groups titled by the declaring classes' docstrings."""
+    groups: dict[str, Any] = {}
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if not meta.get("cli", True):
-            continue
         owner = _owner(cls, f.name)
         title = (owner.__doc__ or owner.__name__).strip().splitlines()[0]
         if title not in groups:

@@ -745,7 +745,7 @@ COMMANDS = {"eval": (EvalConfig, run_eval), "rest-em": (RestEMConfig, run_rest_e
             "continual": (ContinualConfig, run_continual)}
 
 
-def run(cfg, print_notes: bool = True) -> dict | list[dict]:
+def run(cfg) -> dict | list[dict]:
     """Run the command of config `cfg` (an `EvalConfig`, `RestEMConfig`, `CPTConfig` or `ContinualConfig`) in its
     run directory, resuming what an earlier run there finished, and return its results: what results.json holds
     (eval, cpt, continual; the original's schema with CIs), or for rest-em every policy's evaluation (policy 0, the
@@ -753,7 +753,7 @@ def run(cfg, print_notes: bool = True) -> dict | list[dict]:
     bad = check(cfg)
     if bad:
         raise ValueError(bad[0])
-    for line in (notes(cfg) if print_notes else ()):
+    for line in notes(cfg):
         print(f"note: {line}", file=sys.stderr)
     ctx = load_context(cfg)
     results = COMMANDS[command_of(cfg)][1](ctx)

@@ -175,7 +175,8 @@ def evaluate(engine: Engine, jobs: Sequence[Job], reward: Callable[[list[list[Fi
              ready: Callable[[list[list[Finished]]], bool] | None = None) -> Iterator[list[R]]:
     """The E-step's reward core both domains share: train every job's adapter in ONE engine stream
     (`seal_jax.engine.Engine.run`: adapters resident in slots, packed token streams, slots refilled as jobs finish)
-    and reward the adapters as soon as they are trained, so quizzing overlaps the rest of the stream's training.
+    and reward the adapters as soon as they are trained (between the stream's compiled calls: the stream waits while
+    `reward` runs), so results are out, and resumable, before the rest of the stream has trained.
 
     Jobs are grouped by ``group(job)`` (default: each job alone); a group is complete when all its jobs are trained
     (ARC: a task's configurations, whose inference votes over them together). Complete groups wait in a batch until
