@@ -167,12 +167,17 @@ def model_problems(cfg: ModelFlags) -> list[str]:
     return []
 
 
+def split_names(text: str | None) -> tuple[str, ...]:
+    """The names of a comma-separated flag value, stripped, empty parts dropped (``"q, v,"`` -> ``("q", "v")``)."""
+    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
 def target_problems(**flags: str) -> list[str]:
     """Unknown LoRA target names in comma-separated flags (flag name -> value)."""
     from seal_jax.lora import ALL_TARGETS
     out = []
     for name, value in flags.items():
-        names = [t.strip() for t in (value or "").split(",") if t.strip()]
+        names = split_names(value)
         bad = [t for t in names if t not in ALL_TARGETS]
         if bad or not names:
             out.append(f"{flag_name(name)}: unknown LoRA target(s) {bad or '[]'}; choose from {','.join(ALL_TARGETS)}")

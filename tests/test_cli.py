@@ -172,3 +172,11 @@ def test_help_shows_the_defaults(capsys):
     out = capsys.readouterr().out
     assert "self-edits per passage (0 = train on the passage only)\n                        (default: 5)" in out
     assert "(default: None)" not in out and "--slots K" in out
+
+
+def test_comma_separated_names_are_read_the_same_by_the_check_and_the_run():
+    from seal_jax.cli import split_names, target_problems
+    assert split_names(" q, v,") == ("q", "v") and split_names(None) == split_names("") == ()
+    assert target_problems(lora_targets=" q, v,") == []  # what the check accepts, LoraConfig gets: ("q", "v")
+    assert target_problems(lora_targets=",") == [
+        "--lora-targets: unknown LoRA target(s) []; choose from q,k,v,o,gate,up,down"]

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any, Literal
 
-from seal_jax.cli import ModelFlags, flag, load_model, model_problems, problems, target_problems
+from seal_jax.cli import ModelFlags, flag, load_model, model_problems, problems, split_names, target_problems
 from seal_jax.runs import RunDir, progress, read_jsonl, resume_stream, write_json
 from seal_jax.seal import derive_seed
 
@@ -53,10 +53,6 @@ ORIGINAL = dict(self_edit_sampling="original", self_edit_attempts=64, double_bos
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x.strip()) if text else ()
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip()) if text else ()
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -188,8 +184,8 @@ class ArcConfig(RunFlags, BCFlags, InferenceFlags, TTTFlags, SelfEditFlags, Data
 def check(cfg: ArcConfig) -> list[str]:
     """Everything wrong with a config, one line each, before any work (the command line prints the first)."""
     out = model_problems(cfg)
-    bad = [p for p in _names(cfg.phases) if p not in PHASES]
-    if bad or not _names(cfg.phases):
+    bad = [p for p in split_names(cfg.phases) if p not in PHASES]
+    if bad or not split_names(cfg.phases):
         out.append(f"unknown phase(s) {bad or '[]'}; choose from {', '.join(PHASES)}")
     if cfg.solutions and len(cfg.solutions) != len(cfg.challenges):
         out.append("give one --solutions file per --challenges file (or none)")
@@ -236,7 +232,7 @@ def load_tasks(cfg) -> tuple[list, list]:
     def pick(ids: str, subset: str) -> list:
         try:
             if ids:
-                return [arc.get_task(t, tasks=pool) for t in _names(ids)]
+                return [arc.get_task(t, tasks=pool) for t in split_names(ids)]
             return list(arc.get_subset(subset, tasks=pool))
         except arc.ArcDataError as e:
             raise SystemExit(f"error: {e}") from None
@@ -285,7 +281,7 @@ def load_context(cfg) -> Context:
     buckets = _ints(cfg.length_buckets) or None
     try:
         ttt = TTTOptions(lora=LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                         targets=_names(cfg.lora_targets)),
+                                         targets=split_names(cfg.lora_targets)),
                          leave_n=_ints(cfg.leave_n), permute_n=cfg.ttt_permute_n,
                          max_sequences=cfg.max_sequences, max_tokens=cfg.max_tokens, data_seed=0,
                          batch_size=cfg.ttt_batch_size, max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
@@ -294,7 +290,7 @@ def load_context(cfg) -> Context:
                          **(dict(instruction=_ttt_instruction(prompts)) if prompts else {}),
                          length_buckets=buckets, seed=cfg.seed,
                          slots=cfg.adapters_per_batch or 16, tokens_per_step=cfg.tokens_per_step)
-        inference = InferenceOptions(permute_n=cfg.query_permutations, augmenters=_names(cfg.query_augmenters),
+        inference = InferenceOptions(permute_n=cfg.query_permutations, augmenters=split_names(cfg.query_augmenters),
                                      seed=0, max_tokens=cfg.max_tokens,
                                      answer_max_tokens=cfg.answer_max_tokens or None, parser=cfg.answer_parser,
                                      prompt_buckets=buckets, max_rows=cfg.max_rows, vote=cfg.vote,
@@ -302,7 +298,7 @@ def load_context(cfg) -> Context:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     oracle = oracle_configs(cfg)
-    phases = _names(cfg.phases)
+    phases = split_names(cfg.phases)
     if cfg.self_edits:  # read now, so a bad file stops the run before any work
         if "train" in phases:
             _injected(cfg.self_edits, train_tasks, cfg.k_train)
@@ -310,7 +306,7 @@ def load_context(cfg) -> Context:
             _injected(cfg.self_edits, eval_tasks, cfg.k_eval)
     if cfg.seal_self_edits and "seal" in phases:
         _injected(cfg.seal_self_edits, eval_tasks, cfg.k_eval)
-    run.event("start", phases=list(_names(cfg.phases)), devices=jax.device_count(),
+    run.event("start", phases=list(split_names(cfg.phases)), devices=jax.device_count(),
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(cfg, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,
                    cfg.stop_after_units, prompts)
@@ -568,7 +564,7 @@ def bc_phase(ctx: Context):
                                                         ctx.prompts)) for o in kept}
     training = [seal.TrainingPair(prompts[o.edit.item], tuple(ctx.tokenizer.encode(o.target, add_bos=False)))
                 for o in kept]
-    cfg = sft.SFTConfig(lora=LoraConfig(rank=a.bc_rank, alpha=a.bc_alpha, targets=_names(a.bc_targets)),
+    cfg = sft.SFTConfig(lora=LoraConfig(rank=a.bc_rank, alpha=a.bc_alpha, targets=split_names(a.bc_targets)),
                         learning_rate=a.bc_lr, epochs=a.bc_epochs, batch_size=a.bc_batch_size, schedule="cosine",
                         warmup_steps=0, max_grad_norm=1.0, weight_decay=0.0, seed=a.seed, max_length=a.bc_max_length,
                         completion_only=True, checkpoint_every=a.bc_checkpoint_every,
@@ -719,7 +715,7 @@ def write_results(ctx: Context) -> dict:
 def run_phases(ctx: Context) -> None:
     from seal_jax.checkpoints.state import load_policy
     a = ctx.cfg
-    phases = _names(a.phases)
+    phases = split_names(a.phases)
     if "train" in phases:
         samples = self_edit_stage(ctx, "train", ctx.train_tasks, a.k_train, ctx.model, a.self_edits)
         ttt_phase(ctx, "train", ctx.train_tasks, samples, ctx.model)
@@ -762,5 +758,5 @@ def run(cfg: ArcConfig) -> dict | None:
               file=sys.stderr)
         return None
     results = write_results(ctx)
-    ctx.run.event("done", phases=list(_names(cfg.phases)))
+    ctx.run.event("done", phases=list(split_names(cfg.phases)))
     return results

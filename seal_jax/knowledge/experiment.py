@@ -22,7 +22,8 @@ import sys
 import time
 from typing import Any, Literal
 
-from seal_jax.cli import ModelFlags, flag, load_model, model_problems, problems, target_problems, with_defaults
+from seal_jax.cli import (ModelFlags, flag, load_model, model_problems, problems, split_names, target_problems,
+                          with_defaults)
 from seal_jax.runs import RunDir, resume_records, resume_stream, write_json, write_text
 
 __all__ = ["COMMANDS", "CPTConfig", "ContinualConfig", "EvalConfig", "ORIGINAL", "RestEMConfig", "check", "notes",
@@ -277,7 +278,7 @@ def load_context(cfg) -> Context:
     else:
         grader = make_grader("offline")
     ttt = TTTConfig(lora=LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                                    targets=tuple(cfg.lora_targets.split(","))),
+                                    targets=split_names(cfg.lora_targets)),
                     learning_rate=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, schedule=cfg.schedule,
                     warmup_steps=cfg.warmup_steps, max_grad_norm=cfg.max_grad_norm,
                     weight_decay=cfg.weight_decay, loss_mode=cfg.loss_mode, max_length=cfg.max_length,
@@ -566,7 +567,7 @@ def run_rest_em(ctx: Context) -> list[dict]:
             if not sft_rows:
                 raise SystemExit(f"error: round {r} kept no self-edits (all failed to improve); nothing to train on")
             cfg = sft_lib.SFTConfig(lora=LoraConfig(rank=a.sft_rank, alpha=a.sft_alpha,
-                                                    targets=tuple(a.sft_targets.split(","))),
+                                                    targets=split_names(a.sft_targets)),
                                     learning_rate=a.sft_lr, epochs=a.sft_epochs, batch_size=a.sft_batch_size,
                                     seed=a.seed + r, checkpoint_every=a.sft_checkpoint_every)
             pairs = [seal.TrainingPair(tuple(ctx.ttt.prompt_format.encode(ctx.tokenizer, x["prompt"])),
