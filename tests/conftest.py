@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
+
+
+def _xla_cache_dir() -> str:
+    """The run's on-disk XLA compilation cache: the user's JAX_COMPILATION_CACHE_DIR if set, else a fresh temporary
+    folder removed at exit. Many modules compile the same programs (the tiny models, the demo model, the engine's
+    buckets), and `_release_compiled_programs` below drops the in-memory copies after each module, so without this
+    every module and every subprocess a test starts (they inherit the environment) compiles them again. A cached
+    program is the same executable (the key covers the program, the compile options, the XLA flags and the jax
+    version), so no test sees a difference; the compile-count tests count traces, which still happen."""
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="seal-jax-tests-xla-cache-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache_dir()
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
