@@ -184,8 +184,9 @@ class ArcConfig(RunFlags, BCFlags, InferenceFlags, TTTFlags, SelfEditFlags, Data
 def check(cfg: ArcConfig) -> list[str]:
     """Everything wrong with a config, one line each, before any work (the command line prints the first)."""
     out = model_problems(cfg)
-    bad = [p for p in split_names(cfg.phases) if p not in PHASES]
-    if bad or not split_names(cfg.phases):
+    phases = split_names(cfg.phases)
+    bad = [p for p in phases if p not in PHASES]
+    if bad or not phases:
         out.append(f"unknown phase(s) {bad or '[]'}; choose from {', '.join(PHASES)}")
     if cfg.solutions and len(cfg.solutions) != len(cfg.challenges):
         out.append("give one --solutions file per --challenges file (or none)")
@@ -306,7 +307,7 @@ def load_context(cfg) -> Context:
             _injected(cfg.self_edits, eval_tasks, cfg.k_eval)
     if cfg.seal_self_edits and "seal" in phases:
         _injected(cfg.seal_self_edits, eval_tasks, cfg.k_eval)
-    run.event("start", phases=list(split_names(cfg.phases)), devices=jax.device_count(),
+    run.event("start", phases=list(phases), devices=jax.device_count(),
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(cfg, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,
                    cfg.stop_after_units, prompts)

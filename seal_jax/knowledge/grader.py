@@ -1143,6 +1143,21 @@ def _interval(stats: Mapping[str, Any]) -> str:
     return f"{stats['agreement']:.4f} [{lo:.4f}, {hi:.4f}]"
 
 
+def out_of_fold_margins(X: np.ndarray, y: np.ndarray, fold: np.ndarray, rows: np.ndarray,
+                        hyperparameters: Mapping[str, Any]) -> np.ndarray:
+    """Cross-validated log-odds: each row in mask `rows` scored by a ``HistGradientBoostingClassifier`` (the fixed
+    settings plus `hyperparameters`) fit on the `rows` of the other folds (``fold`` in ``0..CV_FOLDS-1``); rows
+    outside the mask (empty predictions, other splits) stay -inf, i.e. "no". Needs scikit-learn."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    m = np.full(len(y), -np.inf)
+    for k in range(CV_FOLDS):
+        train, held = rows & (fold != k), rows & (fold == k)
+        clf = HistGradientBoostingClassifier(early_stopping=False, random_state=0, **hyperparameters)
+        m[held] = clf.fit(X[train], y[train]).decision_function(X[held])
+    return m
+
+
 def fit_offline_grader(verdicts_path: str | os.PathLike, out_path: str | os.PathLike = DEFAULT_PARAMS_PATH,
                        log: Callable[[str], None] = print,
                        grid: Sequence[Mapping[str, Any]] = HYPERPARAMETER_GRID) -> dict[str, Any]:
@@ -1184,11 +1199,7 @@ def fit_offline_grader(verdicts_path: str | os.PathLike, out_path: str | os.Path
     table, best = [], None
     for i, hp in enumerate(grid):
         t0 = time.perf_counter()
-        m = np.full(len(rows), -np.inf)  # out-of-fold margins; empty predictions stay -inf (False)
-        for k in range(CV_FOLDS):
-            train, held = dev_has & (fold != k), dev_has & (fold == k)
-            clf = HistGradientBoostingClassifier(early_stopping=False, random_state=0, **hp).fit(X[train], y[train])
-            m[held] = clf.decision_function(X[held])
+        m = out_of_fold_margins(X, y, fold, dev_has, hp)
         scores = [float(np.mean((m[dev] > t) == y[dev])) for t in THRESHOLDS]
         k = max(range(len(THRESHOLDS)), key=lambda j: (scores[j], -abs(THRESHOLDS[j])))
         table.append({"hyperparameters": dict(hp), "cv_agreement": scores[THRESHOLDS.index(0.0)],

@@ -28,10 +28,8 @@ VOLATILE = ("time", "second", "timestamp", "cpu", "path", "torn", "exp_name")  #
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    e = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+def env():
+    e = dict(os.environ, JAX_PLATFORMS="cpu")  # with the suite's XLA compilation cache (tests/conftest.py)
     e.pop("SEAL_KILL_AT_WRITE", None)
     return e
 
