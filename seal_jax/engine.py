@@ -348,7 +348,6 @@ class _Scheduler:
         self.min_rows = 1
         while self.min_rows < self.max_batch:  # any one batch must fit (first fit of <= max_batch sequences)
             self.min_rows *= 2
-        self.Gm = -(-(K * self.max_batch + 2 * max(self.max_rows, self.min_rows)) // 8) * 8  # runs bound
         self.slots: list[_Active | None] = [None] * K
         self.queue = collections.deque(range(len(jobs)))
         self.admitted = 0
@@ -422,7 +421,8 @@ class _Scheduler:
             placed = _pack(self.slots, order, R, self.T)
             if not placed:  # cannot happen (R holds any one batch); guard against a silent hang
                 raise AssertionError("no batch fits a global step")
-            steps.append(_layout(placed, R, self.T, self.cfg.slots, self.Gm))
+            steps.append(_layout(placed, R, self.T, self.cfg.slots, group_bound(self.cfg.slots, self.max_batch, R,
+                                                                               self.T)))
             for k in sorted({p[1] for p in placed}):
                 a = self.slots[k]
                 a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
@@ -468,6 +468,14 @@ def _pack(slots, order, R: int, T: int) -> list[tuple[int, int, int, _Seq]]:
             free = trial
             placed += ok
     return placed
+
+
+def group_bound(slots: int, max_batch: int, rows: int, row_length: int) -> int:
+    """Gm, the static number of ragged groups of a step of `rows` x `row_length` tokens: a group is a run of one
+    slot's tokens (at most slots x max_batch sequences) or a row's padding (one per row), and holds at least one
+    token; rounded up to a multiple of 8. Per call, not per stream: the tiled LoRA backend does work for every
+    group (each gathers its adapter's weights), so a one-row call must not carry the groups of the widest one."""
+    return -(-min(slots * max_batch + 2 * rows, rows * row_length) // 8) * 8
 
 
 def _layout(placed, R: int, T: int, K: int, Gm: int) -> dict[str, np.ndarray]:
@@ -622,7 +630,7 @@ def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int,
     abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
     `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries)."""
     K, G, R, T = cfg.slots, cfg.steps_per_call, rows, row_length
-    Gm = -(-(K * max_batch + 2 * R) // 8) * 8
+    Gm = group_bound(K, max_batch, R, T)
     sds = jax.ShapeDtypeStruct
     i32, f32 = jnp.int32, jnp.float32
     data = {"tokens": sds((G, R, T), i32), "positions": sds((G, R, T), i32), "segment_ids": sds((G, R, T), i32),

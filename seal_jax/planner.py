@@ -169,12 +169,13 @@ def engine_terms(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_
                  platform: str | None = None) -> dict[str, int]:
     """The raw byte counts `plan_engine` weighs by `_ENGINE` (and `saved`, counted once; `groups`: the call's
     ragged group count). `benchmarks/fit_engine_memory.py` refits the weights against XLA from these."""
+    from seal_jax.engine import group_bound
     from seal_jax.losses import chunk_size
     K, R, T, N = slots, rows, row_length, rows * row_length
     item = _ITEMSIZE[dtype]
     D, F, H, Kv, Dh, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                           cfg.vocab_size)
-    Gm = -(-(K * max_batch + 2 * R) // 8) * 8
+    Gm = group_bound(K, max_batch, R, T)
     # the tiled LoRA backend gathers each tile's adapter weights (fp32), and their gradients, for one layer
     tiles = 0
     if resolve_backend(cfg.lora_backend) == "tiled":

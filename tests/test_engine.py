@@ -162,6 +162,25 @@ def test_plan_counts_what_run_does_and_empty_jobs(model):
                                          for b in il.batch_schedule(len(j.examples), j.spec) for i in b)
 
 
+def test_group_bound_is_each_calls_own():
+    """The static group count of a call follows its own rows (the tiled LoRA backend does work for every group): a
+    draining one-row call of a 64-slot bank carries at most one group per token, not the widest call's bound."""
+    assert eng.group_bound(64, 1, 128, 32) == 64 + 2 * 128  # the widest call of 4096 tokens in rows of 32
+    assert eng.group_bound(64, 1, 1, 32) == 32  # one row: never more groups than tokens
+    assert eng.group_bound(3, 2, 2, 64) == 16  # 3 x 2 sequences + 2 x 2 padding runs = 10, rounded up to 8s
+    rng = np.random.default_rng(5)
+    jobs = [eng.Job(_examples(rng, n, lo=6, hi=14), il.TrainSpec(epochs=e, seed=i), init_seed=i)
+            for i, (n, e) in enumerate([(8, 2)] + [(3, 1)] * 12)]
+    sched = eng._Scheduler(eng.EngineConfig(slots=64, max_tokens_per_step=1024, steps_per_call=2), jobs)
+    rows = set()
+    while (call := sched.next_call()) is not None:
+        for st in call.steps:
+            assert len(st["group_ids"]) == len(st["group_sizes"]) == eng.group_bound(64, 1, call.R, call.T)
+        rows.add(call.R)
+        sched.after_call()
+    assert min(rows) == 1 and max(rows) > 1, rows  # calls of different widths, each with its own bound
+
+
 def test_one_program_per_shape_bucket(model):
     """Each distinct (rows, row length) shape is compiled once, however many calls, jobs and streams use it."""
     rng = np.random.default_rng(4)

@@ -175,9 +175,10 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
                                    seqs[start:start + cfg.adapters_per_batch], cfg, grade, seed, mesh, stats)
         return
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # min(slots, jobs) slots, as ARC's stream: every resident slot costs optimiser and LoRA work each step
     engine = eng.Engine(model, cfg.lora, eng.EngineConfig(
-        slots=cfg.slots, max_tokens_per_step=cfg.tokens_per_step, loss_mode=cfg.loss_mode, pad_id=pad_id,
-        max_length=cfg.max_length, compat_length=cfg.max_length))
+        slots=max(1, min(cfg.slots, len(jobs))), max_tokens_per_step=cfg.tokens_per_step, loss_mode=cfg.loss_mode,
+        pad_id=pad_id, max_length=cfg.max_length, compat_length=cfg.max_length))
     work = [eng.Job(training_examples(tokenizer, s, cfg.loss_mode), _spec(cfg, j.seed(seed)), init_seed=j.seed(seed),
                     key=(j, len(s))) for j, s in zip(jobs, seqs)]
 
