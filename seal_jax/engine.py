@@ -413,6 +413,7 @@ class _Scheduler:
         if not self._live():
             return _Call(0, self.T, [], 0, reset, seeds, dict(self.hp), empty) if empty else None
         R = self._rows()
+        Gm = group_bound(self.cfg.slots, self.max_batch, R, self.T)
         steps = []
         for _ in range(self.cfg.steps_per_call):
             order = self._order()
@@ -421,8 +422,7 @@ class _Scheduler:
             placed = _pack(self.slots, order, R, self.T)
             if not placed:  # cannot happen (R holds any one batch); guard against a silent hang
                 raise AssertionError("no batch fits a global step")
-            steps.append(_layout(placed, R, self.T, self.cfg.slots, group_bound(self.cfg.slots, self.max_batch, R,
-                                                                               self.T)))
+            steps.append(_layout(placed, R, self.T, self.cfg.slots, Gm))
             for k in sorted({p[1] for p in placed}):
                 a = self.slots[k]
                 a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])

@@ -27,9 +27,9 @@ def _xla_cache_dir() -> str:
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache_dir()
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# A size limit turns on jax's file lock around cache reads and writes: with `pytest -n` several workers (and the
-# subprocesses tests start) write the same entries at once, and without the lock one could read another's half-written
-# file. The limit itself is never reached (the suite's cache stays far below it).
+# A size limit turns on jax's file lock around cache reads and writes: the subprocesses tests start (two at once in
+# tests/test_multihost.py) write the same entries at the same time, and without the lock one could read another's
+# half-written file. The limit itself is never reached (the suite's cache stays far below it).
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
