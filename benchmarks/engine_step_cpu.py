@@ -4,7 +4,8 @@
 
 Two jobs of 6 sequences x 20 tokens, 10 epochs (120 global steps of one 32-token row: the shape of `make demo`'s
 self-edit fine-tunes), LoRA rank 32 on all seven targets (the demo's) or on q,v; the programs are compiled first
-(`Engine.compile`), so the time is the steps only. Prints one line per setting with the engine's shape buckets.
+(`Engine.compile`), so the time is the steps only. Prints one line per setting with the slots the stream holds
+(min(slots, jobs): `engine.stream_slots`) and the engine's shape buckets.
 """
 
 from __future__ import annotations
@@ -27,18 +28,19 @@ def ms_per_step(model, slots: int, targets: tuple[str, ...]) -> tuple[float, dic
     rng = np.random.default_rng(0)
     jobs = [eng.Job([il.Example(tuple(rng.integers(3, 200, 20).tolist())) for _ in range(6)],
                     il.TrainSpec(learning_rate=3e-3, epochs=10, seed=i), init_seed=i) for i in range(2)]
-    e = eng.Engine(model, LoraConfig(rank=32, alpha=64.0, targets=targets), eng.EngineConfig(slots=slots))
+    cfg = eng.EngineConfig(slots=slots)
+    e = eng.Engine(model, LoraConfig(rank=32, alpha=64.0, targets=targets), cfg)
     e.compile(jobs)
     t = time.perf_counter()
     list(e.run(jobs))
-    return 1000 * (time.perf_counter() - t) / e.stats["global_steps"], e.stats
+    return 1000 * (time.perf_counter() - t) / e.stats["global_steps"], {**e.stats, "K": eng.stream_slots(cfg, 2)}
 
 
 def main() -> None:
     model = seal_jax.load_pretrained(DEMO, dtype="float32")
     for slots, targets in ((1, ALL), (4, ALL), (64, ALL), (4, ("q", "v"))):
         ms, stats = ms_per_step(model, slots, targets)
-        print(f"slots {slots:2d}, LoRA on {','.join(targets)}: {ms:.1f} ms/step over {stats['global_steps']} steps, "
+        print(f"slots {slots:2d} (the stream holds {stats['K']}), LoRA on {','.join(targets)}: {ms:.1f} ms/step over {stats['global_steps']} steps, "
               f"shapes (R, T, C) {dict(stats['shapes'])}", flush=True)
 
 

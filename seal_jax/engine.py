@@ -5,7 +5,9 @@ packed token stream that holds only real work.
     for done in engine.run([Job(examples, TrainSpec(...), init_seed=s) for ...]):   # finished jobs, as they finish
         done.lora, done.losses, done.failed, ...
 
-Slots. K adapters are resident (LoRA weights and AdamW state with a leading slot axis). Jobs are admitted in order
+Slots. K = min(EngineConfig.slots, jobs) adapters are resident (LoRA weights and AdamW state with a leading slot
+axis: every resident slot costs optimiser and LoRA work each step, so a stream of few jobs holds no idle ones
+(`stream_slots`)). Jobs are admitted in order
 into free slots (fresh LoRA from the job's seed, `init_lora(cfg, lora_cfg, PRNGKey(init_seed))`, zero AdamW state);
 when a job's last step is taken its adapter is handed out (`Finished`) and the slot takes the next job.
 
@@ -53,7 +55,7 @@ from seal_jax.losses import next_token_nll, token_nll
 from seal_jax.lora import Lora, LoraConfig, init_lora
 from seal_jax.models.model import Model
 
-__all__ = ["Engine", "EngineConfig", "Finished", "Job", "TRACE_COUNTS"]
+__all__ = ["Engine", "EngineConfig", "Finished", "Job", "TRACE_COUNTS", "stream_slots"]
 
 TRACE_COUNTS: collections.Counter = collections.Counter()  # compilations of the engine's programs (tests read it)
 
@@ -70,7 +72,7 @@ class Job:
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    slots: int = 64  # K: adapters resident at once
+    slots: int = 64  # the most adapters resident at once (a stream of n jobs holds K = min(slots, n): stream_slots)
     max_tokens_per_step: int = 4096  # the largest R x T capacity of one global step
     steps_per_call: int = 8  # global steps per compiled call (jobs are admitted / handed out between calls)
     loss_mode: str = "all"  # as inner_loop: "all" | "completion" | "compat_padding"
@@ -336,7 +338,8 @@ class _Scheduler:
     HP = ("learning_rate", "schedule", "warmup_steps", "total_steps", "max_grad_norm", "weight_decay")
 
     def __init__(self, cfg: EngineConfig, jobs: Sequence[Job]):
-        self.cfg, self.jobs, K = cfg, jobs, cfg.slots
+        self.cfg, self.jobs, self.K = cfg, jobs, stream_slots(cfg, len(jobs))
+        K = self.K
         self.seqs = [_sequences(j.examples, cfg) for j in jobs]
         longest = max((len(s.tokens) for seqs in self.seqs for s in seqs), default=1)
         self.T = cfg.row_length or bucket(longest, cfg.length_buckets)
@@ -363,7 +366,7 @@ class _Scheduler:
         return not self.queue and all(a is None for a in self.slots)
 
     def _admit(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        K = self.cfg.slots
+        K = self.K
         reset, seeds, empty = np.zeros(K, bool), np.zeros(K, np.int32), []
         for k in range(K):
             while self.slots[k] is None and self.queue:
@@ -413,7 +416,7 @@ class _Scheduler:
         if not self._live():
             return _Call(0, self.T, [], 0, reset, seeds, dict(self.hp), empty) if empty else None
         R = self._rows()
-        Gm = group_bound(self.cfg.slots, self.max_batch, R, self.T)
+        Gm = group_bound(self.K, self.max_batch, R, self.T)
         steps = []
         for _ in range(self.cfg.steps_per_call):
             order = self._order()
@@ -422,7 +425,7 @@ class _Scheduler:
             placed = _pack(self.slots, order, R, self.T)
             if not placed:  # cannot happen (R holds any one batch); guard against a silent hang
                 raise AssertionError("no batch fits a global step")
-            steps.append(_layout(placed, R, self.T, self.cfg.slots, Gm))
+            steps.append(_layout(placed, R, self.T, self.K, Gm))
             for k in sorted({p[1] for p in placed}):
                 a = self.slots[k]
                 a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
@@ -468,6 +471,14 @@ def _pack(slots, order, R: int, T: int) -> list[tuple[int, int, int, _Seq]]:
             free = trial
             placed += ok
     return placed
+
+
+def stream_slots(cfg: EngineConfig, jobs: int) -> int:
+    """K, the slots a stream of `jobs` jobs holds: min(cfg.slots, jobs), at least one. A resident slot costs AdamW
+    and LoRA work every step whether or not it trains (benchmarks/engine_step_cpu.py: 64 slots 5x the step time of 4
+    on the same one-job stream), so the same config serves a 3-job stream and a 3,000-job one. Streams of different
+    sizes under cfg.slots compile different programs (K is a shape)."""
+    return max(1, min(cfg.slots, jobs))
 
 
 def group_bound(slots: int, max_batch: int, rows: int, row_length: int) -> int:
@@ -558,7 +569,7 @@ class Engine:
             if call.steps:
                 shapes.setdefault(call.shape, call)
             sched.after_call()
-        state = self._init_state()
+        state = self._init_state(sched.K)
         for call in shapes.values():
             data, _ = self._data(call)
             state = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
@@ -578,7 +589,7 @@ class Engine:
         """Train every job; yields each `Finished` job (in finishing order) as soon as the call that ends it is done.
         Every job is checked (sequence lengths against the row length) before any work starts."""
         sched = _Scheduler(self.cfg, jobs)
-        state = self._init_state()
+        state = self._init_state(sched.K)
         while (call := sched.next_call()) is not None:
             for i in call.empty:
                 yield self._empty(i, jobs[i])
@@ -601,8 +612,7 @@ class Engine:
             for k, a, bad in sched.after_call(failed):
                 yield self._finish(a, state, k, int(dev_step[k]), bad, bool(diverged[k]))
 
-    def _init_state(self) -> SlotState:
-        K = self.cfg.slots
+    def _init_state(self, K: int) -> SlotState:
         lora = init_lora(self.model.config, self.lora_cfg, jax.random.PRNGKey(0), num_adapters=K)
         return SlotState(lora, jax.vmap(optim.init_state)(lora.weights), jnp.zeros((K,), jnp.int32),
                          jnp.zeros((K,), bool), jnp.zeros((K,), bool))
@@ -628,7 +638,8 @@ def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int,
                max_batch: int = 1, targets: int = 0):
     """The compiled program of one engine call with `rows` x `row_length` packed streams, lowered and compiled from
     abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
-    `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries)."""
+    `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries). K = cfg.slots:
+    the call of a stream of at least cfg.slots jobs, the most a stream holds."""
     K, G, R, T = cfg.slots, cfg.steps_per_call, rows, row_length
     Gm = group_bound(K, max_batch, R, T)
     sds = jax.ShapeDtypeStruct
@@ -641,7 +652,7 @@ def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int,
         data["target_index"] = sds((G, targets), i32)
     hp = {n: sds((K,), f32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else i32)
           for n in _Scheduler.HP}
-    state = jax.eval_shape(lambda: Engine(model, lora_cfg, cfg)._init_state())
+    state = jax.eval_shape(lambda: Engine(model, lora_cfg, cfg)._init_state(K))
     return _run_call.lower(model, state, data, hp, sds((K,), jnp.bool_), sds((K,), i32), sds((), i32)).compile()
 
 

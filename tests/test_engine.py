@@ -171,14 +171,34 @@ def test_group_bound_is_each_calls_own():
     rng = np.random.default_rng(5)
     jobs = [eng.Job(_examples(rng, n, lo=6, hi=14), il.TrainSpec(epochs=e, seed=i), init_seed=i)
             for i, (n, e) in enumerate([(8, 2)] + [(3, 1)] * 12)]
-    sched = eng._Scheduler(eng.EngineConfig(slots=64, max_tokens_per_step=1024, steps_per_call=2), jobs)
+    sched = eng._Scheduler(eng.EngineConfig(slots=8, max_tokens_per_step=1024, steps_per_call=2), jobs)
     rows = set()
     while (call := sched.next_call()) is not None:
         for st in call.steps:
-            assert len(st["group_ids"]) == len(st["group_sizes"]) == eng.group_bound(64, 1, call.R, call.T)
+            assert len(st["group_ids"]) == len(st["group_sizes"]) == eng.group_bound(8, 1, call.R, call.T)
         rows.add(call.R)
         sched.after_call()
     assert min(rows) == 1 and max(rows) > 1, rows  # calls of different widths, each with its own bound
+
+
+def test_stream_holds_no_more_slots_than_jobs(model):
+    """A stream of n < slots jobs holds n slots (every resident slot costs AdamW and LoRA work each step), and its
+    adapters are those of the same jobs in a stream that holds exactly n."""
+    rng = np.random.default_rng(6)
+    jobs = [eng.Job(_examples(rng, 3), il.TrainSpec(epochs=2, seed=i), init_seed=i) for i in range(3)]
+    cfg = eng.EngineConfig(slots=64, max_tokens_per_step=256, steps_per_call=2)
+    assert [eng.stream_slots(cfg, n) for n in (0, 1, 3, 64, 65)] == [1, 1, 3, 64, 64]
+    for n in (1, 3):
+        sched = eng._Scheduler(cfg, jobs[:n])
+        call = sched.next_call()
+        assert sched.K == len(sched.slots) == len(call.reset) == len(call.hp["learning_rate"]) == n
+        assert {st["stepping"].shape for st in call.steps} == {(n,)}
+    wide = sorted(eng.Engine(model, LORA, cfg).run(jobs), key=lambda d: d.index)
+    exact = sorted(eng.Engine(model, LORA, dataclasses.replace(cfg, slots=3)).run(jobs), key=lambda d: d.index)
+    for a, b in zip(wide, exact):
+        np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
+        for x, y in zip(jax.tree.leaves(a.lora.weights), jax.tree.leaves(b.lora.weights)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
 
 
 def test_one_program_per_shape_bucket(model):

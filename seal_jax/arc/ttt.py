@@ -98,7 +98,7 @@ class TTTOptions:
     instruction: str = TTT_INSTRUCTION  # the system message's opening paragraph (the original's from --prompts)
     length_buckets: tuple[int, ...] | None = None  # training row lengths (None: powers of two)
     seed: int = 0  # LoRA initialisation (shared by all adapters) and the per-configuration shuffling seeds
-    slots: int = 16  # engine: adapters trained at once (across tasks); not a result setting
+    slots: int = 16  # engine: the most adapters trained at once (across tasks; min(slots, jobs)); not a result setting
     tokens_per_step: int = 32768  # engine: the largest packed token stream (R x T) of one optimiser step
 
     def __post_init__(self):
@@ -390,11 +390,12 @@ def _prepare(index: int, task: ArcTask, configs: Sequence[SelfEditConfig], opts:
     return pending, jobs
 
 
-def engine_config(opts: TTTOptions, tokenizer, jobs: int) -> eng.EngineConfig:
-    """The engine of a TTT stream of `jobs` jobs: min(opts.slots, jobs) slots, opts.tokens_per_step, per-token loss
-    masks from the loss strategies ("completion"), sequences cut at opts.max_tokens, rows of opts.length_buckets."""
+def engine_config(opts: TTTOptions, tokenizer) -> eng.EngineConfig:
+    """The engine of a TTT stream: at most opts.slots slots (a stream of n jobs holds min(opts.slots, n):
+    `engine.stream_slots`), opts.tokens_per_step, per-token loss masks from the loss strategies ("completion"),
+    sequences cut at opts.max_tokens, rows of opts.length_buckets."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return eng.EngineConfig(slots=max(1, min(opts.slots, jobs)), max_tokens_per_step=opts.tokens_per_step,
+    return eng.EngineConfig(slots=opts.slots, max_tokens_per_step=opts.tokens_per_step,
                             loss_mode="completion", pad_id=pad_id, max_length=opts.max_tokens,
                             length_buckets=opts.length_buckets)
 
@@ -428,9 +429,9 @@ def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[
         p, task_jobs = _prepare(i, task, configs, opts, data)
         pending.append(p)
         jobs += task_jobs
-    cfg = engine_config(opts, tokenizer, len(jobs))
+    cfg = engine_config(opts, tokenizer)
     if stats is not None:
-        stats.update(jobs=len(jobs), slots=cfg.slots if jobs else 0)
+        stats.update(jobs=len(jobs), slots=eng.stream_slots(cfg, len(jobs)) if jobs else 0)
     for p in pending:
         if p.waiting == 0:  # nothing to train: every slot failed for want of data (or the task has no configuration)
             yield p.done(p.data_seconds)

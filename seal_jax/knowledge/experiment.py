@@ -72,7 +72,7 @@ class TTTFlags:
     engine: Literal["ragged", "padded"] = flag(
         "ragged", "ragged = jobs streamed through adapter slots, packed token streams (seal_jax.engine); padded = K "
                   "jobs per vmapped batch, rows padded (the previous layout; used with --mesh)")
-    slots: int = flag(64, "ragged: adapters resident at once", minimum=1)
+    slots: int = flag(64, "ragged: the most adapters resident at once (fewer when fewer jobs wait)", minimum=1)
     tokens_per_step: int = flag(4096, "ragged: largest packed stream per step", minimum=1)
     adapters_per_batch: int = flag(16, "padded: self-edit evaluations trained together", minimum=1)
     eval_times: int = flag(1, "repetitions of each self-edit evaluation", minimum=1)

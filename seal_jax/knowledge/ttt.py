@@ -48,7 +48,7 @@ class TTTConfig:
     split_newlines: bool = True
     answer_max_tokens: int = 64
     engine: str = "ragged"  # "ragged" (seal_jax.engine) | "padded" (seal_jax.inner_loop, the comparison point)
-    slots: int = 64  # ragged: adapters resident at once
+    slots: int = 64  # ragged: the most adapters resident at once (min(slots, jobs): engine.stream_slots)
     tokens_per_step: int = 4096  # ragged: the largest packed stream of one optimiser step
     answer_rows: int = 128  # ragged: finished adapters answer once this many questions (or `slots` adapters) wait
     adapters_per_batch: int = 16  # padded: K jobs trained together (the compiled shape; short batches are padded)
@@ -175,9 +175,8 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
                                    seqs[start:start + cfg.adapters_per_batch], cfg, grade, seed, mesh, stats)
         return
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # min(slots, jobs) slots, as ARC's stream: every resident slot costs optimiser and LoRA work each step
     engine = eng.Engine(model, cfg.lora, eng.EngineConfig(
-        slots=max(1, min(cfg.slots, len(jobs))), max_tokens_per_step=cfg.tokens_per_step, loss_mode=cfg.loss_mode,
+        slots=cfg.slots, max_tokens_per_step=cfg.tokens_per_step, loss_mode=cfg.loss_mode,
         pad_id=pad_id, max_length=cfg.max_length, compat_length=cfg.max_length))
     work = [eng.Job(training_examples(tokenizer, s, cfg.loss_mode), _spec(cfg, j.seed(seed)), init_seed=j.seed(seed),
                     key=(j, len(s))) for j, s in zip(jobs, seqs)]

@@ -87,27 +87,6 @@ def test_stage_compiles_once_per_shape(world, monkeypatch):
     assert {k: now.get(k, 0) - again.get(k, 0) for k in traced} == {k: 0 for k in traced}
 
 
-def test_stream_holds_no_more_slots_than_jobs(world, monkeypatch):
-    """A stream of fewer jobs than `slots` gets one slot per job (as ARC's): every resident slot costs optimiser and
-    LoRA work on each step, used or not."""
-    model, tok, passages, jobs = world
-    import seal_jax.knowledge.ttt as kttt
-    made = []
-
-    class Stop(Exception):
-        pass
-
-    def engine(model, lora, cfg):
-        made.append(cfg.slots)
-        raise Stop
-
-    monkeypatch.setattr(kttt.eng, "Engine", engine)
-    for n in (1, 2, len(jobs)):
-        with pytest.raises(Stop):
-            next(evaluate_stream(model, tok, passages, jobs[:n], CFG, _grade))
-    assert made == [1, 2, CFG.slots]
-
-
 def test_ragged_records_equal_padded(world):
     """The same jobs on the engine and on the padded layout: the same steps, losses and answers."""
     model, tok, passages, jobs = world
