@@ -33,15 +33,16 @@ def ms_per_step(model, slots: int, targets: tuple[str, ...]) -> tuple[float, dic
     e.compile(jobs)
     t = time.perf_counter()
     list(e.run(jobs))
-    return 1000 * (time.perf_counter() - t) / e.stats["global_steps"], {**e.stats, "K": eng.stream_slots(cfg, 2)}
+    ms = 1000 * (time.perf_counter() - t) / e.stats["global_steps"]
+    return ms, {**e.stats, "K": eng.stream_slots(cfg, len(jobs))}
 
 
 def main() -> None:
     model = seal_jax.load_pretrained(DEMO, dtype="float32")
     for slots, targets in ((1, ALL), (4, ALL), (64, ALL), (4, ("q", "v"))):
         ms, stats = ms_per_step(model, slots, targets)
-        print(f"slots {slots:2d} (the stream holds {stats['K']}), LoRA on {','.join(targets)}: {ms:.1f} ms/step over {stats['global_steps']} steps, "
-              f"shapes (R, T, C) {dict(stats['shapes'])}", flush=True)
+        print(f"slots {slots:2d} (the stream holds {stats['K']}), LoRA on {','.join(targets)}: {ms:.1f} ms/step "
+              f"over {stats['global_steps']} steps, shapes (R, T, C) {dict(stats['shapes'])}", flush=True)
 
 
 if __name__ == "__main__":

@@ -338,8 +338,8 @@ class _Scheduler:
     HP = ("learning_rate", "schedule", "warmup_steps", "total_steps", "max_grad_norm", "weight_decay")
 
     def __init__(self, cfg: EngineConfig, jobs: Sequence[Job]):
-        self.cfg, self.jobs, self.K = cfg, jobs, stream_slots(cfg, len(jobs))
-        K = self.K
+        self.cfg, self.jobs = cfg, jobs
+        self.K = K = stream_slots(cfg, len(jobs))
         self.seqs = [_sequences(j.examples, cfg) for j in jobs]
         longest = max((len(s.tokens) for seqs in self.seqs for s in seqs), default=1)
         self.T = cfg.row_length or bucket(longest, cfg.length_buckets)
@@ -476,7 +476,7 @@ def _pack(slots, order, R: int, T: int) -> list[tuple[int, int, int, _Seq]]:
 def stream_slots(cfg: EngineConfig, jobs: int) -> int:
     """K, the slots a stream of `jobs` jobs holds: min(cfg.slots, jobs), at least one. A resident slot costs AdamW
     and LoRA work every step whether or not it trains (benchmarks/engine_step_cpu.py: 64 slots 5x the step time of 4
-    on the same one-job stream), so the same config serves a 3-job stream and a 3,000-job one. Streams of different
+    on the same two-job stream), so the same config serves a 3-job stream and a 3,000-job one. Streams of different
     sizes under cfg.slots compile different programs (K is a shape)."""
     return max(1, min(cfg.slots, jobs))
 
