@@ -32,12 +32,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # half-written file. The limit itself is never reached (the suite's cache stays far below it).
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
 # Most of the suite's time is XLA compiling tiny programs (tests/test_engine.py: 262 s with a cold cache, 65 s with a
-# warm one), and LLVM's optimisation passes are most of a CPU compile. jax's flag turns them off (LLVM -O0; the HLO
-# passes, fusion and buffer assignment, still run, so memory_analysis is unchanged: tests/test_planner.py passes).
-# Measured back to back on a 2-core VM: tests/arc + tests/knowledge + tests/models (519 tests) 762 s -> 613 s,
-# tests/test_engine.py 262 s -> 169 s; the demo test, which runs more than it compiles, the same (105 s). Slower
-# programs, same semantics: the tests check values and behaviour, not speed. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the
-# suite on fully optimised programs.
+# warm one). jax's flag compiles them with LLVM at -O0; the HLO passes (fusion, buffer assignment) still run, and the
+# planner's checks against memory_analysis still pass (tests/test_planner.py). Measured back to back on a 2-core VM,
+# times as pytest prints them: tests/arc + tests/knowledge + tests/models (519 tests) 762 s -> 613 s,
+# tests/test_engine.py 262 s -> 169 s; the demo test, which runs more than it compiles, 110 s both ways
+# (benchmarks/RESULTS.md "Test suite time"). Slower programs, same semantics: the tests check values and behaviour,
+# not speed. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite on fully optimised programs.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
