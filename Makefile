@@ -1,4 +1,4 @@
-# make test : create .venv, install seal-jax with its test extra, run the test suite.
+# make test : create .venv, install seal-jax with its test extra, run the test suite (on parallel workers).
 # make demo : run the best end-to-end thing the project can do on an embedded default (no download).
 # make demo-continual : the continual self-edits (forgetting) heatmap on the same embedded default.
 PYTHON ?= python3
@@ -26,8 +26,12 @@ $(DEMO_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e .
 	touch $(DEMO_STAMP)
 
+# One pytest-xdist worker per core (at most 8), a whole test module per worker at a time (its module-scoped runs are
+# made once); TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadscope $(PYTEST_ARGS)
 
 demo: $(DEMO_STAMP)
 	$(PY) -m experiments.demo

@@ -130,6 +130,15 @@ def demo_policy():
             to_passages(world.new_train[:2], 0, "new_train"))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests of modules marked `slow` (end-to-end runs, subprocesses: a minute or more per module) go first, each
+    group in its collected order. `make test` runs whole modules on parallel workers (pytest-xdist, --dist
+    loadscope) in this order, so the long modules start first and the short ones fill in behind them; in the
+    collected order the longest came last and ran alone while the other worker idled."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop every compiled program after each test module. A whole-suite process otherwise keeps hundreds of XLA:CPU

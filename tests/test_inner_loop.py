@@ -11,6 +11,8 @@ import seal_jax
 from seal_jax import inner_loop as il
 from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def model():

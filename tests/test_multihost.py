@@ -8,6 +8,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = ["-m", "experiments.inner_loop_job", "--preset", "tiny-llama", "--adapters", "4", "--examples", "2",

@@ -18,6 +18,8 @@ import seal_jax
 from seal_jax.sharding import logical_to_spec, make_mesh, mesh_context
 from tests.conftest import assert_varied
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

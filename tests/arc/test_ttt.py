@@ -23,6 +23,8 @@ from seal_jax.arc.ttt import (ARC_TTT_LORA, TTTOptions, augmented_tasks, build_t
                               leave_n_tasks, task_key, train_candidates)
 from seal_jax.lora import LoraConfig  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL4 = augmenters_for(basic=True, size=True, chain=True, repeat=True)
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]

@@ -10,6 +10,8 @@ import pytest
 
 from experiments import demo
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 # One ReST-EM round keeps this module's (slow) setup as cheap as it was; the table of two rounds is checked on
 # hand-made results files below.
 SMALL = ["--n-eval-passages", "2", "--n-train-passages", "2", "--k", "2", "--eval-k", "1", "--rounds", "1",

@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import shared_path
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -10,6 +10,8 @@ import seal_jax
 from seal_jax.lora import LoraConfig, init_lora
 from seal_jax.models.grouped import grouped_lora, tile_size, token_groups
 
+pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+
 
 def _reference(x, a, b, scale, group_ids, group_sizes):
     out = np.zeros((x.shape[0], b.shape[-1]), np.float64)
