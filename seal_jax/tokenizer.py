@@ -126,8 +126,6 @@ class Tokenizer:
         when it has none and the vocabulary has that template's header tokens; a name in `CHAT_TEMPLATES`
         ("llama3", "qwen2.5") installs that template; any other string containing Jinja markup is installed as is.
         """
-        from transformers import AutoTokenizer
-
         p = Path(path).expanduser()
         if not p.exists():
             raise FileNotFoundError(f"tokenizer directory does not exist: {p}")
@@ -144,6 +142,9 @@ class Tokenizer:
                 from transformers import PreTrainedTokenizerFast
                 hf = PreTrainedTokenizerFast.from_pretrained(str(p), local_files_only=True)
             else:
+                # imported here: transformers' AutoTokenizer brings in its model configs and, where installed, torch
+                # (2-3 s at every start-up of a command that loads a generic tokenizer)
+                from transformers import AutoTokenizer
                 hf = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         except Exception as e:  # transformers raises OSError/ValueError/KeyError depending on what is wrong
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
