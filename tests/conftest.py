@@ -14,9 +14,10 @@ def _xla_cache_dir() -> str:
     """The run's on-disk XLA compilation cache: the user's JAX_COMPILATION_CACHE_DIR if set, else a fresh temporary
     folder removed at exit. Many modules compile the same programs (the tiny models, the demo model, the engine's
     buckets), and `_release_compiled_programs` below drops the in-memory copies after each module, so without this
-    every module and every subprocess a test starts (they inherit the environment) compiles them again. A cached
-    program is the same executable (the key covers the program, the compile options, the XLA flags and the jax
-    version), so no test sees a difference; the compile-count tests count traces, which still happen."""
+    every module and every subprocess a test starts (they inherit the environment) compiles them again. `make test`'s
+    pytest-xdist workers inherit the folder from the main process, which imports this file first, so they share it.
+    A cached program is the same executable (the key covers the program, the compile options, the XLA flags and the
+    jax version), so no test sees a difference; the compile-count tests count traces, which still happen."""
     path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if not path:
         path = tempfile.mkdtemp(prefix="seal-jax-tests-xla-cache-")
