@@ -133,10 +133,11 @@ def demo_policy():
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Tests of modules marked `slow` (end-to-end runs, subprocesses: a minute or more per module) go first, each
-    group in its collected order. `make test` runs whole modules on parallel workers (pytest-xdist, --dist
-    loadscope) in this order, so the long modules start first and the short ones fill in behind them; in the
-    collected order the longest came last and ran alone while the other worker idled."""
+    """Tests of modules marked `slow` (end-to-end runs, subprocesses: about a minute or more per module) go first,
+    each group in its collected order. `make test` runs whole modules on parallel workers (pytest-xdist, --dist
+    loadscope) in this order, so the long modules are handed out first and the short ones fill in behind them; in
+    the collected order the longest came last and ran alone while the other worker idled (benchmarks/RESULTS.md
+    "Test suite time": 25:35 -> 21:28 on 2 workers)."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
