@@ -31,7 +31,7 @@ $(DEMO_STAMP): pyproject.toml
 TEST_WORKERS ?= auto
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadscope $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 8 --dist loadscope --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: $(DEMO_STAMP)
 	$(PY) -m experiments.demo

@@ -26,7 +26,12 @@ def _xla_cache_dir() -> str:
 
 
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache_dir()
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Only programs that take 0.1 s or more to compile are written: the training, generation and engine programs (0.2-10
+# s each), not the hundreds of tiny eager ops (20-90 ms; reading one back costs about as much). With the size limit
+# below, jax scans the whole folder (a stat and a read per entry) on every write, so each entry makes every later
+# write slower: with every compile cached (min 0), one tests/models/test_grouped.py case took 7.6 s beside an empty
+# cache and 85 s beside 4,000 entries (benchmarks/RESULTS.md "Test suite time").
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # A size limit turns on jax's file lock around cache reads and writes: the subprocesses tests start (two at once in
 # tests/test_multihost.py) write the same entries at the same time, and without the lock one could read another's
@@ -40,6 +45,20 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
 # (benchmarks/RESULTS.md "Test suite time"). Slower programs, same semantics: the tests check values and behaviour,
 # not speed. JAX_DISABLE_MOST_OPTIMIZATIONS=0 runs the suite on fully optimised programs.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# XLA's CPU backend turns fusions into kernels with its MLIR "fusion emitters" by default; most of a tiny program's
+# compile time goes there. The legacy elemental emitter compiles the same optimised HLO into kernels in a third of the
+# time (the engine's training program: 3.34 s -> 0.99 s; tests/test_engine.py with a cold cache 209 s -> 142 s,
+# benchmarks/RESULTS.md "Test suite time"). Same HLO, same numerics checks: the tests compare values, not speed.
+# Subprocesses inherit it (cpu_devices_env keeps it); XLA_FLAGS naming xla_cpu_use_fusion_emitters overrides it.
+FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+
+
+def cpu_devices_env(devices: int, **extra: str) -> dict[str, str]:
+    """The environment for a subprocess on `devices` simulated CPU devices, the suite's XLA flags kept."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra)
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
@@ -133,12 +152,15 @@ def demo_policy():
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """Tests of modules marked `slow` (end-to-end runs, subprocesses: about a minute or more per module) go first,
-    each group in its collected order. `make test` runs whole modules on parallel workers (pytest-xdist, --dist
-    loadscope) in this order, so the long modules are handed out first and the short ones fill in behind them; in
-    the collected order the longest came last and ran alone while the other worker idled (benchmarks/RESULTS.md
-    "Test suite time": 25:35 -> 21:28 on 2 workers)."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Tests of modules marked `slow` go first, the longest first (the mark's `minutes`: the module's time in a
+    parallel run, rounded), then the rest in collected order. `make test` runs whole modules on parallel workers
+    (pytest-xdist, --dist loadscope --no-loadscope-reorder: xdist's own reorder sorts modules by their number of
+    tests, which put the longest, with few tests, last) and hands them out in this order, so the long modules start
+    first and the short ones fill in behind them."""
+    def minutes(item) -> float:
+        mark = item.get_closest_marker("slow")
+        return -mark.kwargs.get("minutes", 1.0) if mark is not None else 0.0
+    items.sort(key=minutes)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,7 @@ from seal_jax import engine as eng
 from seal_jax import inner_loop as il
 from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=2.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 LORA = LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "down"))
 

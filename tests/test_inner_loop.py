@@ -11,7 +11,7 @@ import seal_jax
 from seal_jax import inner_loop as il
 from seal_jax.lora import LoraConfig, init_lora, stack_adapters
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=1)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

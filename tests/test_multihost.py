@@ -10,7 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+from tests.conftest import cpu_devices_env
+
+pytestmark = pytest.mark.slow(minutes=1)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = ["-m", "experiments.inner_loop_job", "--preset", "tiny-llama", "--adapters", "4", "--examples", "2",
@@ -24,7 +26,7 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return cpu_devices_env(devices)
 
 
 def test_two_processes_write_one_results_file(tmp_path):

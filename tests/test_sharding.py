@@ -16,16 +16,16 @@ import pytest
 
 import seal_jax
 from seal_jax.sharding import logical_to_spec, make_mesh, mesh_context
-from tests.conftest import assert_varied
+from tests.conftest import assert_varied, cpu_devices_env
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=1.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-llama"])
 def test_sharded_equals_single_device(preset):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     proc = subprocess.run([sys.executable, "-m", "tests.sharded_equivalence", preset], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,7 +43,7 @@ def test_sharded_equals_single_device(preset):
 
 def run_on_8_devices(*args: str) -> dict:
     """`python -m tests.sharding_specs *args` under 8 simulated CPU devices (a real (2, 4) mesh); its JSON line."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = cpu_devices_env(8)
     proc = subprocess.run([sys.executable, "-m", "tests.sharding_specs", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,7 +23,7 @@ from seal_jax.arc.ttt import (ARC_TTT_LORA, TTTOptions, augmented_tasks, build_t
                               leave_n_tasks, task_key, train_candidates)
 from seal_jax.lora import LoraConfig  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=2.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALL4 = augmenters_for(basic=True, size=True, chain=True, repeat=True)

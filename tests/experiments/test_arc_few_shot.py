@@ -20,7 +20,7 @@ from seal_jax.arc import experiment as ax  # noqa: E402
 from seal_jax.runs import read_jsonl  # noqa: E402
 from tests.arc.test_ttt import tiny_arc_tokenizer  # noqa: E402
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=1.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 TASKS = "6150a2bd,66e6c45b"  # two demonstrations each, 3x3 and 4x4 grids
 

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=7)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "seal_jax", "assets", "demo_model")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import shared_path
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=2.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

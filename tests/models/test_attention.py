@@ -19,7 +19,7 @@ import seal_jax
 from seal_jax.models import attention as attn
 from seal_jax.models.config import ConfigError, ModelConfig
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=2.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 TOL = 2e-5  # fp32: measured max errors are <= 5e-7 (forward) and <= 4e-6 (gradients)
 

@@ -10,7 +10,7 @@ import seal_jax
 from seal_jax.lora import LoraConfig, init_lora
 from seal_jax.models.grouped import grouped_lora, tile_size, token_groups
 
-pytestmark = pytest.mark.slow  # a minute or more in all: runs first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=0.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 
 def _reference(x, a, b, scale, group_ids, group_sizes):
