@@ -60,6 +60,7 @@ def cpu_devices_env(devices: int, **extra: str) -> dict[str, str]:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra)
 
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 DEMO_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "seal_jax", "assets",
                           "demo_model")
