@@ -55,10 +55,10 @@ if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
 
 
-def cpu_devices_env(devices: int, **extra: str) -> dict[str, str]:
+def cpu_devices_env(devices: int) -> dict[str, str]:
     """The environment for a subprocess on `devices` simulated CPU devices, the suite's XLA flags kept."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags, **extra)
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
 
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")

@@ -25,16 +25,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _env(devices: int) -> dict:
-    return cpu_devices_env(devices)
-
-
 def test_two_processes_write_one_results_file(tmp_path):
     out = str(tmp_path / "multi")
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, *JOB, "--out", out, "--mesh", "4,1", "--distributed",
                                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                              cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=ROOT, env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for i in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (o, e) in zip(procs, outs):
@@ -45,8 +42,8 @@ def test_two_processes_write_one_results_file(tmp_path):
     assert "wrote" in outs[0][0] and "wrote" not in outs[1][0]  # only process 0 writes
 
     single_out = str(tmp_path / "single")
-    proc = subprocess.run([sys.executable, *JOB, "--out", single_out, "--mesh", "1,1"], cwd=ROOT, env=_env(1),
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, *JOB, "--out", single_out, "--mesh", "1,1"], cwd=ROOT,
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     single = json.load(open(os.path.join(single_out, "results.json")))
     assert multi["steps"] == single["steps"] == [4, 4, 4, 4]
@@ -56,25 +53,25 @@ def test_two_processes_write_one_results_file(tmp_path):
 def test_killed_job_resumes_from_its_checkpoint(tmp_path):
     out = str(tmp_path / "job")
     args = [sys.executable, *JOB, "--out", out, "--checkpoint-every", "1"]
-    first = subprocess.run(args + ["--stop-after", "2"], cwd=ROOT, env=_env(1), capture_output=True, text=True,
-                           timeout=600)
+    first = subprocess.run(args + ["--stop-after", "2"], cwd=ROOT, env=cpu_devices_env(1), capture_output=True,
+                           text=True, timeout=600)
     assert first.returncode == 0 and "re-run to resume" in first.stdout, first.stderr[-2000:]
     assert not os.path.exists(os.path.join(out, "results.json"))
-    second = subprocess.run(args, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    second = subprocess.run(args, cwd=ROOT, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "resumed from step 2" in second.stdout, second.stderr[-2000:]
-    straight = subprocess.run([sys.executable, *JOB, "--out", str(tmp_path / "straight")], cwd=ROOT, env=_env(1),
-                              capture_output=True, text=True, timeout=600)
+    straight = subprocess.run([sys.executable, *JOB, "--out", str(tmp_path / "straight")], cwd=ROOT,
+                              env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0
     a = json.load(open(os.path.join(out, "results.json")))
     b = json.load(open(tmp_path / "straight" / "results.json"))
     assert a["final_loss"] == b["final_loss"]
-    third = subprocess.run(args, cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    third = subprocess.run(args, cwd=ROOT, env=cpu_devices_env(1), capture_output=True, text=True, timeout=600)
     assert "nothing to do" in third.stdout
 
 
 def test_job_that_cannot_fit_stops_before_compiling(tmp_path):
     proc = subprocess.run([sys.executable, *JOB, "--out", str(tmp_path / "x"), "--hbm-gib", "0.001"], cwd=ROOT,
-                          env=_env(1), capture_output=True, text=True, timeout=300)
+                          env=cpu_devices_env(1), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: train 4 adapters") and "GiB" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
