@@ -9,17 +9,26 @@ own protocol: 5-fold cross-validation grouped by question over the development q
   ship in the wheel, loaded here from the package directory, nothing downloaded): cosine of the averaged embeddings
   of answer/claim/first sentence vs gold and question, and a soft word alignment (each gold content word's best
   cosine with a claim word; each claim word's best cosine with a gold word);
+- the SQuAD passage (``--passages squad_val.json``, SEAL's file: a question's passage found by its split key; 6,370 of
+  the 14,506 development rows, 328 of 544 questions, have one: the rest come from SQuAD's training set): the share of the claim's new content words (not in question or gold) that the
+  gold's sentence (the one holding the gold, else the one sharing most words with gold and question), it and its
+  neighbours, and the passage say, and the best share any other sentence says; rows without a passage get NaN
+  (HistGradientBoosting routes missing values). A lexical stand-in for context: a paraphrase of the gold drawn
+  from the passage ("reduced" for "negative") shares words with the gold's sentence;
 - WordNet 3.0 (``--wordnet DIR``: an NLTK data directory holding ``corpora/wordnet``; needs ``pip install nltk``):
   the share of the gold's content words (not in the question) that the claim says with a synonym, derived form,
   pertainym or similar adjective, and with one hypernym/hyponym/holonym step as well.
 
     OMP_NUM_THREADS=2 python -m benchmarks.grader_semantic_features ../shared/data/grader/squad_gpt41_verdicts_dev.jsonl \\
         --wordnet NLTK_DATA_DIR
+    OMP_NUM_THREADS=2 python -m benchmarks.grader_semantic_features ../shared/data/grader/squad_gpt41_verdicts_dev.jsonl \\
+        --no-embeddings --passages ../shared/data/squad/squad_val.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import time
@@ -137,6 +146,39 @@ def wordnet_features(rows: list[dict], data_dir: str) -> tuple[np.ndarray, list[
     return out, ["wn_gold_said", "wn_gold_all_said", "wn_gold_said_wide", "wn_gold_all_said_wide"]
 
 
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
+
+
+def passage_features(rows: list[dict], squad_path: str) -> tuple[np.ndarray, list[str]]:
+    """(N, 5) passage-context features (NaN where the question's passage is not in the file) and their names."""
+    passages: dict[str, str] = {}
+    for p in json.load(open(squad_path)):
+        for q in p["questions"]:
+            passages.setdefault(G.split_key(q["question"]), p["context"])
+
+    def words(text: str) -> set[str]:
+        return {G.stem(t) for t in G.canonical_tokens(G.tokenize(text)) if t not in G.STOPWORDS}
+
+    out = np.full((len(rows), 5), np.nan)
+    for k, r in enumerate(rows):
+        context = passages.get(G.split_key(r["question"]))
+        if context is None:
+            continue
+        known = words(G.strip_topic(r["question"])) | words(r["gold"])
+        new = words(G.answer_parts(r["prediction"])[3]) - known
+        sentences = [words(s) - known for s in _SENTENCE_RE.split(context)]
+        at = next((i for i, s in enumerate(_SENTENCE_RE.split(context)) if r["gold"].lower() in s.lower()), None)
+        if at is None:
+            at = int(np.argmax([len(s & known) for s in sentences]))
+        n = max(len(new), 1)
+        near = set().union(*sentences[max(0, at - 1):at + 2])
+        others = [len(new & s) / n for i, s in enumerate(sentences) if i != at]
+        out[k] = (len(new & sentences[at]) / n, len(new & near) / n, len(new & set().union(*sentences)) / n,
+                  max(others, default=0.0), len(new))
+    return out, ["ctx_gold_sentence", "ctx_gold_neighbourhood", "ctx_passage", "ctx_best_other_sentence",
+                 "ctx_new_words"]
+
+
 def cross_validated(X: np.ndarray, y: np.ndarray, bucket: np.ndarray, has: np.ndarray, hp: dict) -> np.ndarray:
     """Out-of-fold agreement at thresholds 0 / 0.1 / 0.2, averaged over two fold assignments (the grader's, bucket %
     5, and a second one); empty predictions count as "no"."""
@@ -150,6 +192,8 @@ def cross_validated(X: np.ndarray, y: np.ndarray, bucket: np.ndarray, has: np.nd
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("verdicts")
+    ap.add_argument("--no-embeddings", action="store_true", help="skip the WordLlama features (needs wordllama)")
+    ap.add_argument("--passages", metavar="SQUAD_JSON", help="SEAL's SQuAD file (title, context, questions)")
     ap.add_argument("--wordnet", metavar="NLTK_DATA_DIR", help="NLTK data directory holding corpora/wordnet")
     args = ap.parse_args()
     rows = [r for r in G.load_verdicts(args.verdicts) if G.split_of(r["question"]) in G.DEVELOPMENT_PARTS]
@@ -161,23 +205,39 @@ def main() -> None:
     base = G.feature_matrix([r["question"] for r in rows], [r["gold"] for r in rows], [r["prediction"] for r in rows])
     base[~has] = 0.0  # as --fit: an empty prediction is "no" before any feature is read
     print(f"shipped features: {base.shape[1]} ({time.perf_counter() - t0:.1f}s)")
-    t0 = time.perf_counter()
-    emb, emb_names = embedding_features(rows)
-    emb[~has] = 0.0
-    print(f"embedding features: {len(emb_names)} ({time.perf_counter() - t0:.1f}s)")
-    sets = {"shipped features": base, "+ embeddings": np.hstack([base, emb])}
+    sets = {"shipped features": base}
+    if not args.no_embeddings:
+        t0 = time.perf_counter()
+        emb, emb_names = embedding_features(rows)
+        emb[~has] = 0.0
+        print(f"embedding features: {len(emb_names)} ({time.perf_counter() - t0:.1f}s)")
+        sets["+ embeddings"] = np.hstack([base, emb])
+    if args.passages:
+        t0 = time.perf_counter()
+        ctx, ctx_names = passage_features(rows, args.passages)
+        found = ~np.isnan(ctx[:, 0])
+        ctx[~has] = 0.0
+        print(f"passage features: {len(ctx_names)} ({time.perf_counter() - t0:.1f}s); rows with a passage: "
+              f"{found.sum()} over {len({G.split_key(r['question']) for r, f in zip(rows, found) if f})} questions")
+        sets["+ passage"] = np.hstack([base, ctx])
     if args.wordnet:
         t0 = time.perf_counter()
         wnf, wn_names = wordnet_features(rows, args.wordnet)
         wnf[~has] = 0.0
         print(f"WordNet features: {len(wn_names)} ({time.perf_counter() - t0:.1f}s)")
         sets["+ WordNet"] = np.hstack([base, wnf])
-        sets["+ embeddings + WordNet"] = np.hstack([base, emb, wnf])
+        if not args.no_embeddings:
+            sets["+ embeddings + WordNet"] = np.hstack([base, emb, wnf])
     for hp in SETTINGS:
         for name, X in sets.items():
             s = cross_validated(X, y, bucket, has, hp)
             print(f"{hp['max_iter']} iterations, {hp['max_leaf_nodes']} leaves | {name:24s} | "
                   + " / ".join(f"{v:.4f}" for v in s), flush=True)
+        if args.passages:  # the same two sets on the rows whose passage was found, cross-validated among themselves
+            for name, X in (("shipped features", base), ("+ passage", sets["+ passage"])):
+                s = cross_validated(X[found], y[found], bucket[found], has[found], hp)
+                print(f"{hp['max_iter']} iterations, {hp['max_leaf_nodes']} leaves | {name:24s} | rows with a "
+                      "passage | " + " / ".join(f"{v:.4f}" for v in s), flush=True)
 
 
 if __name__ == "__main__":
