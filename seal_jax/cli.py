@@ -20,8 +20,9 @@ config whose defaults differ (a subcommand's), keeping every field's help and ch
 Why argparse underneath rather than a CLI-from-dataclass library: checked with tyro 1.0.17 (the registry's newest,
 2026-12-02), a bad value (``--lr abc``, ``--schedule cosine``) prints a boxed multi-line panel, where the
 project answers bad input with one line naming the flag (``error: PROG: ... (see --help)``,
-tests/experiments/test_bad_input.py); and ``--fidelity original`` turns a set of defaults over while explicit flags still win (`parse_with_preset`), which
-needs the parser's defaults, not only its result. What is written here is the field -> argparse mapping.
+tests/experiments/test_bad_input.py); and ``--fidelity original`` turns a set of defaults over while explicit
+flags still win (`parse_with_preset`), which needs the parser's defaults, not only its result. What is written here
+is the field -> argparse mapping.
 """
 
 from __future__ import annotations
