@@ -10,9 +10,10 @@ own protocol: 5-fold cross-validation grouped by question over the development q
   of answer/claim/first sentence vs gold and question, and a soft word alignment (each gold content word's best
   cosine with a claim word; each claim word's best cosine with a gold word);
 - the SQuAD passage (``--passages squad_val.json``, SEAL's file: a question's passage found by its split key; 6,370 of
-  the 14,506 development rows, 328 of 544 questions, have one: the rest come from SQuAD's training set): the share of the claim's new content words (not in question or gold) that the
-  gold's sentence (the one holding the gold, else the one sharing most words with gold and question), it and its
-  neighbours, and the passage say, and the best share any other sentence says; rows without a passage get NaN
+  the 14,506 development rows, 328 of 544 questions, have one: the rest come from SQuAD's training set): the share
+  of the claim's new content stems (the grader's, not in question or gold) that the gold's sentence (the one holding
+  the gold, else the one sharing most stems with gold and question), it and its neighbours, and the passage say, and
+  the best share any other sentence says (sentences cut as the grader cuts them); rows without a passage get NaN
   (HistGradientBoosting routes missing values). A lexical stand-in for context: a paraphrase of the gold drawn
   from the passage ("reduced" for "negative") shares words with the gold's sentence;
 - WordNet 3.0 (``--wordnet DIR``: an NLTK data directory holding ``corpora/wordnet``; needs ``pip install nltk``):
@@ -146,9 +147,6 @@ def wordnet_features(rows: list[dict], data_dir: str) -> tuple[np.ndarray, list[
     return out, ["wn_gold_said", "wn_gold_all_said", "wn_gold_said_wide", "wn_gold_all_said_wide"]
 
 
-_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-
-
 def passage_features(rows: list[dict], squad_path: str) -> tuple[np.ndarray, list[str]]:
     """(N, 5) passage-context features (NaN where the question's passage is not in the file) and their names."""
     passages: dict[str, str] = {}
@@ -156,8 +154,8 @@ def passage_features(rows: list[dict], squad_path: str) -> tuple[np.ndarray, lis
         for q in p["questions"]:
             passages.setdefault(G.split_key(q["question"]), p["context"])
 
-    def words(text: str) -> set[str]:
-        return {G.stem(t) for t in G.canonical_tokens(G.tokenize(text)) if t not in G.STOPWORDS}
+    def words(text: str) -> set[str]:  # the grader's content stems of a text
+        return G._View(text).content
 
     out = np.full((len(rows), 5), np.nan)
     for k, r in enumerate(rows):
@@ -166,8 +164,9 @@ def passage_features(rows: list[dict], squad_path: str) -> tuple[np.ndarray, lis
             continue
         known = words(G.strip_topic(r["question"])) | words(r["gold"])
         new = words(G.answer_parts(r["prediction"])[3]) - known
-        sentences = [words(s) - known for s in _SENTENCE_RE.split(context)]
-        at = next((i for i, s in enumerate(_SENTENCE_RE.split(context)) if r["gold"].lower() in s.lower()), None)
+        texts = G._SENT_RE.split(context)
+        sentences = [words(s) - known for s in texts]
+        at = next((i for i, s in enumerate(texts) if r["gold"].lower() in s.lower()), None)
         if at is None:
             at = int(np.argmax([len(s & known) for s in sentences]))
         n = max(len(new), 1)
