@@ -31,8 +31,25 @@ Loss. Chunked cross-entropy (`seal_jax.losses`); when fewer than half the positi
 (completion-only masks: ARC's output-token strategy), only those positions are gathered and projected onto the
 vocabulary, in a bucketed count C per call.
 
-Accounting (`Engine.stats`): token slots computed (steps x R x T, every slot counted) and real tokens (the
-non-padding tokens of the batches), so `real / slots` is the useful fraction of the compiled work.
+Meshes. With a ("adapter", "model") mesh the engine runs A = mesh.shape["adapter"] shards side by side, one
+`shard_map` over "adapter" around the call: jobs are assigned to shards by `balance` (by tokens, longest first; a
+pure function of the jobs, so every process of a multi-controller run agrees without communicating), each shard has
+its own K slots (`EngineConfig.slots` and `max_tokens_per_step` are per shard), its own queue and refills, and packs
+its own R x T streams; LoRA weights and AdamW state are sharded by slot. The frozen base is placed by the sharding
+rules (`seal_jax.sharding`: tensor-parallel over "model", which the shard_map leaves automatic). Every shard's call
+has the same shape (R: the most any shard asks for; steps: the most any shard has; a shard without work runs empty
+steps). Host arrays reach the devices through `distributed.put` (each process its own shards), results come back
+through `distributed.gather`, and a finished adapter is replicated to every device.
+
+Isolation. A slot whose adapter goes non-finite or blows up is failed at that step and leaves the stream at once:
+its tokens in the rest of the call are turned into padding, and loss terms are selected (not multiplied) so no
+position's value crosses into another slot's loss; a slot refilled after a failure starts with a fresh LoRA, zero
+AdamW state, step 0 and no flags.
+
+Accounting (`Engine.stats`): token slots computed (steps x A x R x T: every slot of every shard counted, idle ones
+too) and real tokens (the non-padding tokens of the batches trained; a failed job's batches dropped after its
+failure are not counted), so `real / slots` is the useful fraction of the compiled work; per shard, its real tokens
+and the token slots of the steps in which it had work (`shard_real_tokens`, `shard_busy_slots`).
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from seal_jax import inner_loop as il
 from seal_jax import optim
@@ -206,6 +224,9 @@ def _global_step(model: Model, state: SlotState, batch, hp):
     lora_cfg = state.lora.config
     K = state.step.shape[0]
     R, T = batch["tokens"].shape
+    # A slot that failed at an earlier step of this call leaves the stream: its tokens, packed on the host before
+    # the call, become padding (its non-finite weights would otherwise reach its neighbours through the backward).
+    batch = _drop_slots(batch, state.failed)
 
     def loss_fn(w, batch):
         tree = Lora(lora_cfg, w).ragged_tree(batch["group_ids"], batch["group_sizes"])
@@ -223,7 +244,9 @@ def _global_step(model: Model, state: SlotState, batch, hp):
         else:
             nll = next_token_nll(hidden, model.head(), batch["tokens"], seg_ids)[0].reshape(-1)  # [R*(T-1)]
         seg = jnp.where(slot >= 0, slot, K)
-        tot = jax.ops.segment_sum(nll * w_tok, seg, num_segments=K + 1)[:K]  # [K]
+        # A select, not a product: a position without a loss (the last token of one sequence predicting the next
+        # sequence's first, padding) may hold a non-finite nll from another slot's adapter, and 0 * nan = nan.
+        tot = jax.ops.segment_sum(jnp.where(w_tok > 0, nll * w_tok, 0.0), seg, num_segments=K + 1)[:K]  # [K]
         cnt = jax.ops.segment_sum(w_tok, seg, num_segments=K + 1)[:K]  # [K]
         per_slot = tot / jnp.maximum(cnt, 1.0)  # mean over each slot's own targets, as the padded step
         return jnp.sum(per_slot), per_slot
@@ -281,12 +304,12 @@ def _drop_slots(batch, drop):
             "stepping": batch["stepping"] & ~drop}
 
 
-@functools.partial(jax.jit, donate_argnames=("state",))
-def _run_call(model: Model, state: SlotState, data, hp, reset, seeds, num_steps):
-    """Admit, then `num_steps` (traced) global steps over the host-packed data [G, ...]; -> (state, loss [G, K],
-    grad norm [G, K])."""
+def _shard_call(model: Model, state: SlotState, data, hp, reset, seeds, num_steps):
+    """One adapter shard's call: admit, then `num_steps` (traced) global steps over its host-packed data
+    [1, G, ...] (the shard's own R x T streams); -> (state, loss [G, K], grad norm [G, K]) over its K slots."""
     TRACE_COUNTS["run_call"] += 1
     state = _admit(model.config, state, reset, seeds)
+    data = {k: v[0] for k, v in data.items()}  # [G, ...]
     G = data["tokens"].shape[0]
     K = state.step.shape[0]
 
@@ -300,30 +323,58 @@ def _run_call(model: Model, state: SlotState, data, hp, reset, seeds, num_steps)
     return jax.lax.fori_loop(0, num_steps, body, (state, nan, nan))
 
 
-@jax.jit
-def _take(weights, k):
-    """Adapter k of the slot bank, as a single adapter's weights."""
+@functools.partial(jax.jit, donate_argnames=("state",), static_argnames=("mesh",))
+def _run_call(model: Model, state: SlotState, data, hp, reset, seeds, num_steps, mesh=None):
+    """One engine call over all adapter shards: data [A, G, ...] (A = the mesh's "adapter" size, 1 without a mesh),
+    state / hp / reset / seeds over the A x K slots (shard-major) -> (state, loss [G, A*K], grad norm [G, A*K]).
+
+    With a mesh, `shard_map` over "adapter" runs `_shard_call` on each shard's own slots and streams (no
+    communication between shards: the adapters are independent); the "model" axis stays automatic, so the frozen
+    base keeps the layout the sharding rules gave it (tensor-parallel heads / MLP / vocabulary). The body has no
+    collectives over "adapter", so the varying-axis check is off (`check_vma=False`): under it, jax 0.10.2's
+    `jnp.searchsorted` (in the tiled LoRA backend) fails an internal assertion on the manual axis."""
+    if mesh is None:
+        return _shard_call(model, state, data, hp, reset, seeds, num_steps)
+    shard = P("adapter")
+    return jax.shard_map(_shard_call, mesh=mesh, in_specs=(P(), shard, shard, shard, shard, shard, P()),
+                         out_specs=(shard, P(None, "adapter"), P(None, "adapter")),
+                         axis_names=frozenset({"adapter"}), check_vma=False)(model, state, data, hp, reset, seeds,
+                                                                             num_steps)
+
+
+@functools.partial(jax.jit, static_argnames=("sharding",))
+def _take(weights, k, sharding=None):
+    """Adapter k of the slot bank, as a single adapter's weights (replicated over the mesh when `sharding` is
+    given, so every process holds the whole adapter)."""
     TRACE_COUNTS["take"] += 1
-    return jax.tree.map(lambda w: w[k], weights)
+    out = jax.tree.map(lambda w: w[k], weights)
+    return out if sharding is None else jax.lax.with_sharding_constraint(out, sharding)
 
 
 # ------------------------------------------------------------------------------------------------ host planning
 @dataclasses.dataclass
 class _Call:
-    """One compiled call's work: admissions, then up to `steps_per_call` packed global steps."""
+    """One compiled call's work over A adapter shards of K slots: admissions, then up to `steps_per_call` packed
+    global steps (every shard runs the same number; a shard with less work runs empty ones)."""
 
     R: int
     T: int
-    steps: list[dict[str, np.ndarray]]  # per global step: the arrays of `_layout`
+    steps: list[dict[str, np.ndarray]]  # per global step: the arrays of `_layout`, each with a leading shard axis A
     C: int  # positions projected onto the vocabulary per step (0: all R x (T - 1))
-    reset: np.ndarray  # [K] bool: slot takes a new job at the start of the call
-    seeds: np.ndarray  # [K] int32 LoRA seeds of the new jobs
-    hp: dict[str, np.ndarray]  # per-slot hyper-parameters [K]
+    reset: np.ndarray  # [A*K] bool: slot takes a new job at the start of the call
+    seeds: np.ndarray  # [A*K] int32 LoRA seeds of the new jobs
+    hp: dict[str, np.ndarray]  # per-slot hyper-parameters [A*K]
     empty: list[int]  # jobs with no steps at all (finished at admission)
 
     @property
+    def shard_real_tokens(self) -> list[int]:
+        """Each shard's real tokens (keys: the sequences' own tokens, not their trailing pads) over the call."""
+        A = self.steps[0]["tokens"].shape[0] if self.steps else 0
+        return [int(sum((s["kv_segment_ids"][a] > 0).sum() for s in self.steps)) for a in range(A)]
+
+    @property
     def real_tokens(self) -> int:
-        return int(sum((s["kv_segment_ids"] > 0).sum() for s in self.steps))
+        return sum(self.shard_real_tokens)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -331,15 +382,119 @@ class _Call:
         return self.R, self.T, self.C
 
 
-class _Scheduler:
-    """The host side of the engine: admission, slot selection, packing (no device work; `Engine.plan` runs it
-    alone to count the work of a stream)."""
+def balance(tokens: Sequence[int], shards: int) -> list[int]:
+    """The shard of each job: jobs by tokens, longest first, each to the shard with the fewest tokens so far (ties:
+    the lower shard; equal jobs: the earlier one first). A pure function of the jobs, so every process of a
+    multi-controller run computes the same assignment without communicating."""
+    load, out = [0] * shards, [0] * len(tokens)
+    for i in sorted(range(len(tokens)), key=lambda i: (-tokens[i], i)):
+        s = min(range(shards), key=lambda s: (load[s], s))
+        out[i], load[s] = s, load[s] + tokens[i]
+    return out
+
+
+class _Shard:
+    """One adapter shard's host side: its jobs' queue, its K slots, their selection and packing."""
 
     HP = ("learning_rate", "schedule", "warmup_steps", "total_steps", "max_grad_norm", "weight_decay")
 
-    def __init__(self, cfg: EngineConfig, jobs: Sequence[Job]):
-        self.cfg, self.jobs = cfg, jobs
-        self.K = K = stream_slots(cfg, len(jobs))
+    def __init__(self, stream: "_Scheduler", jobs: Sequence[int]):
+        self.stream, self.cfg = stream, stream.cfg
+        K = stream.K
+        self.slots: list[_Active | None] = [None] * K
+        self.queue = collections.deque(jobs)
+        self.hp = {n: np.zeros(K, np.float32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else
+                               np.int32) for n in self.HP}
+        self.queued_tokens = sum(stream.job_tokens(i) for i in self.queue)
+
+    def admit(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        st, K = self.stream, self.stream.K
+        reset, seeds, empty = np.zeros(K, bool), np.zeros(K, np.int32), []
+        for k in range(K):
+            while self.slots[k] is None and self.queue:
+                i = self.queue.popleft()
+                self.queued_tokens -= st.job_tokens(i)
+                if not st.batches[i]:
+                    empty.append(i)
+                    continue
+                self.slots[k] = _Active(i, st.jobs[i], st.seqs[i], st.batches[i], st.admitted)
+                st.admitted += 1
+                reset[k], seeds[k] = True, st.jobs[i].init_seed
+                sp = st.jobs[i].spec
+                for n, v in zip(self.HP, (sp.learning_rate, il.SCHEDULES[sp.schedule], sp.warmup_steps,
+                                          len(st.batches[i]), sp.max_grad_norm, sp.weight_decay)):
+                    self.hp[n][k] = v
+        return reset, seeds, empty
+
+    def live(self) -> list[int]:
+        return [k for k, a in enumerate(self.slots) if a is not None and not a.done]
+
+    def longest_ahead(self) -> int:
+        """The longest sequence the next call can pack: in the live slots' next steps_per_call batches (a slot takes
+        at most one step per global step)."""
+        return max((len(a.seqs[i].tokens) for a in (self.slots[k] for k in self.live())
+                    for i in a.batches[a.step]), default=1)
+
+    def capacity(self) -> float:
+        """The tokens a global step of this shard should hold: what (a) the live slots' next batches fill and (b)
+        spreads the remaining work over at least the longest remaining job's steps (one step per job per global
+        step: a larger capacity would leave the steps of the critical path half empty)."""
+        st, live = self.stream, self.live()
+        demand = sum(self.slots[k].batch_len(self.slots[k].step) for k in live)
+        work = sum(self.slots[k].remaining_tokens() for k in live) + self.queued_tokens
+        critical = max([len(self.slots[k].batches) - self.slots[k].step for k in live] +
+                       [len(st.batches[i]) for i in self.queue] + [1])
+        return min(demand, work / critical)
+
+    def rows(self, T: int) -> int:
+        """R for the next call's rows of T tokens: the largest power of two whose R x T the `capacity` fills (at
+        most max_tokens_per_step), and at least enough rows for any one batch."""
+        st, target = self.stream, self.capacity()
+        r, most = 1, max(1, self.cfg.max_tokens_per_step // T, st.max_batch)
+        while r * 2 <= most and r * 2 * T <= target:
+            r *= 2
+        return max(r, st.min_rows)
+
+    def order(self) -> list[int]:
+        live = self.live()
+        if self.queue:  # jobs wait: oldest first, so jobs finish and slots refill
+            return sorted(live, key=lambda k: (self.slots[k].admitted, k))
+        # drain: the critical path first (most remaining steps), then most remaining tokens
+        return sorted(live, key=lambda k: (-(len(self.slots[k].batches) - self.slots[k].step),
+                                           -self.slots[k].remaining_tokens(), k))
+
+    def pack(self, R: int, T: int, Gm: int) -> dict[str, np.ndarray] | None:
+        """One global step of this shard's live slots in an R x T stream (None: no live slot)."""
+        order = self.order()
+        if not order:
+            return None
+        placed = _pack(self.slots, order, R, T)
+        if not placed:  # cannot happen (T holds every next batch, R any one batch); guard against a silent hang
+            raise AssertionError("no batch fits a global step")
+        for k in sorted({p[1] for p in placed}):
+            a = self.slots[k]
+            a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
+            a.step += 1
+        return _layout(placed, R, T, self.stream.K, Gm)
+
+    def after_call(self, failed: np.ndarray | None) -> list[tuple[int, _Active, bool]]:
+        out = []
+        for k, a in enumerate(self.slots):
+            if a is not None and (a.done or (failed is not None and failed[k])):
+                out.append((k, a, bool(failed is not None and failed[k])))
+                self.slots[k] = None
+        return out
+
+
+class _Scheduler:
+    """The host side of the engine: jobs balanced over the A adapter shards (`balance`), and per shard admission,
+    slot selection and packing (no device work; `Engine.plan` runs it alone to count the work of a stream). Every
+    shard's call has the same shape: R is the largest any shard asks for, the step count the most any shard has."""
+
+    HP = _Shard.HP
+
+    def __init__(self, cfg: EngineConfig, jobs: Sequence[Job], shards: int = 1):
+        self.cfg, self.jobs, self.A = cfg, jobs, shards
         self.seqs = [_sequences(j.examples, cfg) for j in jobs]
         longest = max((len(s.tokens) for seqs in self.seqs for s in seqs), default=1)
         self.T = cfg.row_length or bucket(longest, cfg.length_buckets)
@@ -347,108 +502,73 @@ class _Scheduler:
             raise ValueError(f"a sequence of {longest} tokens exceeds the row length {self.T}")
         self.batches = [il.batch_schedule(len(s), j.spec) for s, j in zip(self.seqs, jobs)]
         self.max_batch = max((len(x) for b in self.batches for x in b), default=1)
-        self.max_rows = max(1, cfg.max_tokens_per_step // self.T, self.max_batch)
         self.min_rows = 1
         while self.min_rows < self.max_batch:  # any one batch must fit (first fit of <= max_batch sequences)
             self.min_rows *= 2
-        self.slots: list[_Active | None] = [None] * K
-        self.queue = collections.deque(range(len(jobs)))
+        self.shard_of = balance([self.job_tokens(i) for i in range(len(jobs))], shards)
+        mine = [[i for i in range(len(jobs)) if self.shard_of[i] == a] for a in range(shards)]
+        self.K = stream_slots(cfg, max(len(m) for m in mine))
         self.admitted = 0
-        self.hp = {n: np.zeros(K, np.float32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else
-                               np.int32) for n in self.HP}
-        self.queued_tokens = sum(self._job_tokens(i) for i in self.queue)
+        self.shards = [_Shard(self, m) for m in mine]
 
-    def _job_tokens(self, i: int) -> int:
+    def job_tokens(self, i: int) -> int:
         return sum(len(self.seqs[i][x].tokens) for b in self.batches[i] for x in b)
 
     @property
-    def finished(self) -> bool:
-        return not self.queue and all(a is None for a in self.slots)
-
-    def _admit(self) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        K = self.K
-        reset, seeds, empty = np.zeros(K, bool), np.zeros(K, np.int32), []
-        for k in range(K):
-            while self.slots[k] is None and self.queue:
-                i = self.queue.popleft()
-                self.queued_tokens -= self._job_tokens(i)
-                if not self.batches[i]:
-                    empty.append(i)
-                    continue
-                self.slots[k] = _Active(i, self.jobs[i], self.seqs[i], self.batches[i], self.admitted)
-                self.admitted += 1
-                reset[k], seeds[k] = True, self.jobs[i].init_seed
-                sp = self.jobs[i].spec
-                for n, v in zip(self.HP, (sp.learning_rate, il.SCHEDULES[sp.schedule], sp.warmup_steps,
-                                          len(self.batches[i]), sp.max_grad_norm, sp.weight_decay)):
-                    self.hp[n][k] = v
-        return reset, seeds, empty
-
-    def _live(self) -> list[int]:
-        return [k for k, a in enumerate(self.slots) if a is not None and not a.done]
-
-    def _rows(self) -> int:
-        """R for the next call: the largest power of two whose capacity (a) the live slots' next batches fill and
-        (b) spreads the remaining work over at least the longest remaining job's steps (one step per job per global
-        step: a larger capacity would leave the steps of the critical path half empty)."""
-        live = self._live()
-        demand = sum(self.slots[k].batch_len(self.slots[k].step) for k in live)
-        work = sum(self.slots[k].remaining_tokens() for k in live) + self.queued_tokens
-        critical = max([len(self.slots[k].batches) - self.slots[k].step for k in live] +
-                       [len(self.batches[i]) for i in self.queue] + [1])
-        target = min(demand, work / critical)
-        r = 1
-        while r * 2 <= self.max_rows and r * 2 * self.T <= target:
-            r *= 2
-        return max(r, self.min_rows)
-
-    def _order(self) -> list[int]:
-        live = self._live()
-        if self.queue:  # jobs wait: oldest first, so jobs finish and slots refill
-            return sorted(live, key=lambda k: (self.slots[k].admitted, k))
-        # drain: the critical path first (most remaining steps), then most remaining tokens
-        return sorted(live, key=lambda k: (-(len(self.slots[k].batches) - self.slots[k].step),
-                                           -self.slots[k].remaining_tokens(), k))
+    def slots(self) -> list[_Active | None]:
+        """Every slot, shard-major (slot a*K + k is slot k of shard a)."""
+        return [a for sh in self.shards for a in sh.slots]
 
     def next_call(self) -> _Call | None:
         """Admit into free slots and plan the next call; None when every job is done."""
-        reset, seeds, empty = self._admit()
-        if not self._live():
-            return _Call(0, self.T, [], 0, reset, seeds, dict(self.hp), empty) if empty else None
-        R = self._rows()
-        Gm = group_bound(self.K, self.max_batch, R, self.T)
-        steps = []
+        admitted = [sh.admit() for sh in self.shards]
+        reset, seeds = (np.concatenate([x[j] for x in admitted]) for j in (0, 1))
+        empty = [i for x in admitted for i in x[2]]
+        hp = {n: np.concatenate([sh.hp[n] for sh in self.shards]) for n in self.HP}
+        busy = [sh for sh in self.shards if sh.live()]
+        if not busy:
+            return _Call(0, self.T, [], 0, reset, seeds, hp, empty) if empty else None
+        # Rows as long as the stream's longest sequence. On a mesh, where one such row is already more than a step of
+        # every shard should hold (few jobs per shard: the shards run in lockstep, so a row's idle tokens are paid A
+        # times), rows as long as the next batches need (`_row_length`), each call ending when that length changes.
+        # One device keeps the stream's length: a stream that small costs little, and other lengths cost compiles.
+        fitted = (self.A > 1 and not self.cfg.row_length and max(sh.capacity() for sh in busy) < self.T)
+        T = self._row_length(busy) if fitted else self.T
+        R = max(sh.rows(T) for sh in busy)
+        Gm = group_bound(self.K, self.max_batch, R, T)
+        idle = _layout([], R, T, self.K, Gm)  # a step of a shard with nothing left to do
+        packed = []  # per global step, per shard
         for _ in range(self.cfg.steps_per_call):
-            order = self._order()
-            if not order:
+            busy = [sh for sh in self.shards if sh.live()]
+            # The call ends when nothing is left, or when the next batches need rows of another length (longer; or
+            # shorter, the sequences that needed this length being past): the next call has rows of that length.
+            if not busy or (fitted and self._row_length(busy) != T):
                 break
-            placed = _pack(self.slots, order, R, self.T)
-            if not placed:  # cannot happen (R holds any one batch); guard against a silent hang
-                raise AssertionError("no batch fits a global step")
-            steps.append(_layout(placed, R, self.T, self.K, Gm))
-            for k in sorted({p[1] for p in placed}):
-                a = self.slots[k]
-                a.real_tokens += sum(a.seqs[i].real for i in a.batches[a.step])
-                a.step += 1
+            packed.append([sh.pack(R, T, Gm) or idle for sh in self.shards])
+        steps = [{key: np.stack([p[key] for p in step]) for key in idle if key != "target_index"}
+                 for step in packed]
         # Loss only on some tokens (completion masks): project just those positions, in a bucketed count C.
-        most = max(len(st["target_index"]) for st in steps)
+        index = [[p["target_index"] for p in step] for step in packed]
+        most = max(len(i) for step in index for i in step)
         C = bucket(most, minimum=16) if most else 16
-        C = 0 if C >= R * (self.T - 1) // 2 else C  # under half the positions only: else the plain chunked loss
-        for st in steps:
-            idx = st.pop("target_index")
-            st["targets"] = np.int32(len(idx))
+        C = 0 if C >= R * (T - 1) // 2 else C  # under half the positions only: else the plain chunked loss
+        for st, idx in zip(steps, index):
+            st["targets"] = np.asarray([len(i) for i in idx], np.int32)
             if C:
-                st["target_index"] = np.pad(idx, (0, C - len(idx))).astype(np.int32)
-        return _Call(R, self.T, steps, C, reset, seeds, {k: v.copy() for k, v in self.hp.items()}, empty)
+                st["target_index"] = np.stack([np.pad(i, (0, C - len(i))) for i in idx]).astype(np.int32)
+        return _Call(R, T, steps, C, reset, seeds, hp, empty)
+
+    def _row_length(self, busy: list[_Shard]) -> int:
+        """T of the next step: the bucket of the longest sequence in the live slots' next batches (at most the
+        stream's T)."""
+        return min(self.T, bucket(max(sh.longest_ahead() for sh in busy), self.cfg.length_buckets))
 
     def after_call(self, failed: np.ndarray | None = None) -> list[tuple[int, _Active, bool]]:
-        """Free the slots whose job ended (all steps taken, or failed on the device): (slot, job, failed)."""
-        out = []
-        for k, a in enumerate(self.slots):
-            if a is not None and (a.done or (failed is not None and failed[k])):
-                out.append((k, a, bool(failed is not None and failed[k])))
-                self.slots[k] = None
-        return out
+        """Free the slots whose job ended (all steps taken, or failed on the device): (slot, job, failed), slots
+        numbered shard-major."""
+        K = self.K
+        return [(a * K + k, job, bad) for a, sh in enumerate(self.shards)
+                for k, job, bad in sh.after_call(None if failed is None else failed[a * K:(a + 1) * K])]
 
 
 def _pack(slots, order, R: int, T: int) -> list[tuple[int, int, int, _Seq]]:
@@ -534,9 +654,14 @@ def _layout(placed, R: int, T: int, K: int, Gm: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------------ the engine
 class Engine:
-    """Streams fine-tuning jobs through K resident adapter slots (see the module docstring)."""
+    """Streams fine-tuning jobs through K resident adapter slots per adapter shard (see the module docstring).
 
-    def __init__(self, model: Model, lora_cfg: LoraConfig, cfg: EngineConfig = EngineConfig()):
+    mesh: None (one device), or a ("adapter", "model") mesh (`seal_jax.sharding.make_mesh`) with the model already
+    placed on it (`distributed.shard_model`): jobs are balanced over the A = mesh.shape["adapter"] shards, each with
+    its own K slots and its own packed streams; "model" splits the frozen base by the sharding rules."""
+
+    def __init__(self, model: Model, lora_cfg: LoraConfig, cfg: EngineConfig = EngineConfig(),
+                 mesh: Mesh | None = None):
         if lora_cfg.dropout:
             raise ValueError("the ragged engine does not apply LoRA dropout (its token stream mixes adapters); "
                              "use the padded inner loop (seal_jax.inner_loop.train) for adapters with dropout")
@@ -547,13 +672,15 @@ class Engine:
                                                        "bfloat16" if model.dtype == jnp.bfloat16 else "float32")
         if bool(remat) != model.config.remat:
             model = Model(model.config.replace(remat=bool(remat)), model.params)
-        self.model, self.lora_cfg, self.cfg = model, lora_cfg, cfg
+        self.model, self.lora_cfg, self.cfg, self.mesh = model, lora_cfg, cfg, mesh
+        self.shards = 1 if mesh is None else int(mesh.shape["adapter"])
         self.stats = _new_stats()
 
     def plan(self, jobs: Sequence[Job]) -> dict:
         """The work of a stream without training it: the same admission, selection and packing as `run` (no job
         fails), returning the accounting `run` would record (token slots, real tokens, global steps, calls, shapes)."""
-        sched, stats = _Scheduler(self.cfg, jobs), _new_stats()
+        sched, stats = _Scheduler(self.cfg, jobs, self.shards), _new_stats()
+        stats.update(slots=sched.K, shards=sched.A)
         stats["finish_order"] = []  # job indices in the order `run` hands them out (none failing)
         while (call := sched.next_call()) is not None:
             _account(stats, call)
@@ -563,63 +690,85 @@ class Engine:
     def compile(self, jobs: Sequence[Job]) -> set[tuple[int, int, int]]:
         """Compile the program of every call shape `run(jobs)` will use (each run once with zero steps), so that
         timing `run` measures no compilation. Returns the (R, T, C) shapes."""
-        sched = _Scheduler(self.cfg, jobs)
+        sched = _Scheduler(self.cfg, jobs, self.shards)
         shapes: dict[tuple[int, int, int], _Call] = {}
         while (call := sched.next_call()) is not None:
             if call.steps:
                 shapes.setdefault(call.shape, call)
             sched.after_call()
-        state = self._init_state(sched.K)
+        state = self._init_state(sched.A * sched.K)
         for call in shapes.values():
-            data, _ = self._data(call)
-            state = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
-                              jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(0))[0]
+            state = self._call(state, call, 0)[0]
         jax.block_until_ready(state.step)
         return set(shapes)
 
-    def _data(self, call: _Call) -> tuple[dict, np.ndarray]:
-        """A call's steps stacked to [steps_per_call, ...] device arrays (unused steps zero); and the host
-        `stepping` table [steps, K]."""
-        G, n = self.cfg.steps_per_call, len(call.steps)
-        data = {key: np.stack([s[key] for s in call.steps] + [np.zeros_like(call.steps[0][key])] * (G - n))
-                for key in call.steps[0]}
-        return {k: jnp.asarray(v) for k, v in data.items()}, data["stepping"][:n]
+    def _put(self, x, spec=P("adapter")):
+        """A host array on the device (one device), or over the mesh by `spec` (each process its own shards)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from seal_jax.distributed import put
+        return put(x, NamedSharding(self.mesh, spec))
+
+    def _call(self, state: SlotState, call: _Call, n: int):
+        """Run `n` global steps of `call` (its steps stacked to [A, steps_per_call, ...], unused steps zero)."""
+        G, have = self.cfg.steps_per_call, len(call.steps)
+        data = {key: np.stack([s[key] for s in call.steps] + [np.zeros_like(call.steps[0][key])] * (G - have),
+                              axis=1) for key in call.steps[0]}
+        return _run_call(self.model, state, {k: self._put(v) for k, v in data.items()},
+                         {k: self._put(v) for k, v in call.hp.items()}, self._put(call.reset),
+                         self._put(call.seeds), jnp.int32(n), mesh=self.mesh)
 
     def run(self, jobs: Sequence[Job]) -> Iterator[Finished]:
         """Train every job; yields each `Finished` job (in finishing order) as soon as the call that ends it is done.
         Every job is checked (sequence lengths against the row length) before any work starts."""
-        sched = _Scheduler(self.cfg, jobs)
-        state = self._init_state(sched.K)
+        from seal_jax.distributed import gather
+        sched = _Scheduler(self.cfg, jobs, self.shards)
+        self.stats.update(slots=sched.K, shards=sched.A)
+        state = self._init_state(sched.A * sched.K)
+        K = sched.K
         while (call := sched.next_call()) is not None:
             for i in call.empty:
                 yield self._empty(i, jobs[i])
             if not call.steps:
                 continue
             n = len(call.steps)
-            data, stepping = self._data(call)
             t0 = time.perf_counter()
-            state, losses, gnorms = _run_call(self.model, state, data, {k: jnp.asarray(v) for k, v in call.hp.items()},
-                                              jnp.asarray(call.reset), jnp.asarray(call.seeds), jnp.int32(n))
-            losses, gnorms, dev_step, failed, diverged = jax.device_get((losses, gnorms, state.step, state.failed,
-                                                                         state.diverged))
+            state, losses, gnorms = self._call(state, call, n)
+            losses, gnorms, dev_step, failed, diverged = gather((losses, gnorms, state.step, state.failed,
+                                                                 state.diverged))
             self.stats["train_seconds"] += time.perf_counter() - t0
             _account(self.stats, call)
             for k, a in enumerate(sched.slots):
                 if a is not None:
-                    took = stepping[:, k]
+                    took = np.stack([st["stepping"][k // K, k % K] for st in call.steps])
                     a.losses += [float(x) for x in losses[:n, k][took] if np.isfinite(x)]
                     a.grad_norms += [float(x) for x in gnorms[:n, k][took] if np.isfinite(x)]
+                    if failed[k]:  # the batches packed after its failing step were dropped on the device
+                        dropped = sum(a.seqs[i].real for s in range(int(dev_step[k]) + 1, a.step)
+                                      for i in a.batches[s])
+                        a.real_tokens -= dropped
+                        self.stats["real_tokens"] -= dropped
+                        self.stats["shard_real_tokens"][k // K] -= dropped
             for k, a, bad in sched.after_call(failed):
                 yield self._finish(a, state, k, int(dev_step[k]), bad, bool(diverged[k]))
 
     def _init_state(self, K: int) -> SlotState:
-        lora = init_lora(self.model.config, self.lora_cfg, jax.random.PRNGKey(0), num_adapters=K)
-        return SlotState(lora, jax.vmap(optim.init_state)(lora.weights), jnp.zeros((K,), jnp.int32),
-                         jnp.zeros((K,), bool), jnp.zeros((K,), bool))
+        def make():
+            lora = init_lora(self.model.config, self.lora_cfg, jax.random.PRNGKey(0), num_adapters=K)
+            return SlotState(lora, jax.vmap(optim.init_state)(lora.weights), jnp.zeros((K,), jnp.int32),
+                             jnp.zeros((K,), bool), jnp.zeros((K,), bool))
+
+        if self.mesh is None:
+            return make()
+        by_slot = NamedSharding(self.mesh, P("adapter"))
+        return jax.jit(make, out_shardings=jax.tree.map(lambda _: by_slot, jax.eval_shape(make)))()
+
+    def _replicated(self) -> NamedSharding | None:
+        return None if self.mesh is None else NamedSharding(self.mesh, P())
 
     def _finish(self, a: _Active, state: SlotState, k: int, steps: int, failed: bool,
                 diverged: bool = False) -> Finished:
-        lora = Lora(self.lora_cfg, _take(state.lora.weights, jnp.int32(k)))
+        lora = Lora(self.lora_cfg, _take(state.lora.weights, jnp.int32(k), sharding=self._replicated()))
         failure = None
         if diverged:
             failure = (f"diverged at optimiser step {steps} of {len(a.batches)}: the update's norm exceeded "
@@ -630,30 +779,46 @@ class Engine:
                         failed, failure)
 
     def _empty(self, i: int, job: Job) -> Finished:
-        lora = Lora(self.lora_cfg, _fresh(self.model.config, self.lora_cfg, job.init_seed))
-        return Finished(i, job, lora, 0, 0, [], [], 0)
+        weights = _fresh(self.model.config, self.lora_cfg, job.init_seed)
+        if self.mesh is not None:
+            weights = jax.device_put(weights, self._replicated())
+        return Finished(i, job, Lora(self.lora_cfg, weights), 0, 0, [], [], 0)
 
 
 def lower_call(model: Model, lora_cfg: LoraConfig, cfg: EngineConfig, rows: int, row_length: int,
-               max_batch: int = 1, targets: int = 0):
-    """The compiled program of one engine call with `rows` x `row_length` packed streams, lowered and compiled from
-    abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
-    `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries). K = cfg.slots:
-    the call of a stream of at least cfg.slots jobs, the most a stream holds."""
+               max_batch: int = 1, targets: int = 0, mesh: Mesh | None = None):
+    """The compiled program of one engine call with `rows` x `row_length` packed streams per adapter shard, lowered
+    and compiled from abstract arrays (a `Model` whose params are ShapeDtypeStructs works: nothing is allocated). Its
+    `memory_analysis()` is XLA's own account of the call's memory (arguments, outputs, temporaries), per device.
+    K = cfg.slots per shard: the call of a stream of at least cfg.slots jobs per shard, the most a stream holds.
+    mesh: the call sharded over it (the model's params abstract, placed by the sharding rules)."""
+    A = 1 if mesh is None else int(mesh.shape["adapter"])
     K, G, R, T = cfg.slots, cfg.steps_per_call, rows, row_length
     Gm = group_bound(K, max_batch, R, T)
-    sds = jax.ShapeDtypeStruct
+    by = None if mesh is None else NamedSharding(mesh, P("adapter"))
+    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=by)  # noqa: E731
     i32, f32 = jnp.int32, jnp.float32
-    data = {"tokens": sds((G, R, T), i32), "positions": sds((G, R, T), i32), "segment_ids": sds((G, R, T), i32),
-            "kv_segment_ids": sds((G, R, T), i32), "weights": sds((G, R, T), f32), "token_slot": sds((G, R * T), i32),
-            "group_ids": sds((G, Gm), i32), "group_sizes": sds((G, Gm), i32), "stepping": sds((G, K), jnp.bool_),
-            "targets": sds((G,), i32)}
+    data = {"tokens": sds((A, G, R, T), i32), "positions": sds((A, G, R, T), i32),
+            "segment_ids": sds((A, G, R, T), i32), "kv_segment_ids": sds((A, G, R, T), i32),
+            "weights": sds((A, G, R, T), f32), "token_slot": sds((A, G, R * T), i32),
+            "group_ids": sds((A, G, Gm), i32), "group_sizes": sds((A, G, Gm), i32),
+            "stepping": sds((A, G, K), jnp.bool_), "targets": sds((A, G), i32)}
     if targets:
-        data["target_index"] = sds((G, targets), i32)
-    hp = {n: sds((K,), f32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else i32)
+        data["target_index"] = sds((A, G, targets), i32)
+    hp = {n: sds((A * K,), f32 if n in ("learning_rate", "max_grad_norm", "weight_decay") else i32)
           for n in _Scheduler.HP}
-    state = jax.eval_shape(lambda: Engine(model, lora_cfg, cfg)._init_state(K))
-    return _run_call.lower(model, state, data, hp, sds((K,), jnp.bool_), sds((K,), i32), sds((), i32)).compile()
+    engine = Engine(model, lora_cfg, cfg, mesh)
+    state = jax.eval_shape(lambda: engine._init_state(A * K))
+    if mesh is not None:
+        from seal_jax.sharding import param_shardings
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=by), state)
+        shardings = param_shardings(model.config, mesh, model.params)
+        model = Model(engine.model.config, jax.tree.map(
+            lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), engine.model.params, shardings))
+    else:
+        model = engine.model
+    return _run_call.lower(model, state, data, hp, sds((A * K,), jnp.bool_), sds((A * K,), i32),
+                           jax.ShapeDtypeStruct((), i32), mesh=mesh).compile()
 
 
 def format_shapes(shapes) -> dict[str, int]:
@@ -663,14 +828,22 @@ def format_shapes(shapes) -> dict[str, int]:
 
 def _new_stats() -> dict:
     return {"token_slots": 0, "real_tokens": 0, "global_steps": 0, "calls": 0, "train_seconds": 0.0,
-            "shapes": collections.Counter()}
+            "shapes": collections.Counter(), "shard_real_tokens": [], "shard_busy_slots": []}
 
 
 def _account(stats: dict, call: _Call) -> None:
+    """Token slots count every shard's R x T positions of every step (a shard with nothing to do computes them
+    all the same); per shard, its real tokens and the token slots of the steps in which it had work."""
     if not call.steps:
         return
+    A = call.steps[0]["tokens"].shape[0]
+    if not stats["shard_real_tokens"]:
+        stats["shard_real_tokens"], stats["shard_busy_slots"] = [0] * A, [0] * A
     stats["calls"] += 1
     stats["global_steps"] += len(call.steps)
-    stats["token_slots"] += len(call.steps) * call.R * call.T
+    stats["token_slots"] += len(call.steps) * A * call.R * call.T
     stats["real_tokens"] += call.real_tokens
+    for a, n in enumerate(call.shard_real_tokens):
+        stats["shard_real_tokens"][a] += n
+        stats["shard_busy_slots"][a] += sum(bool(s["stepping"][a].any()) for s in call.steps) * call.R * call.T
     stats["shapes"][call.shape] += 1

@@ -177,7 +177,7 @@ def test_group_bound_is_each_calls_own():
     rows = set()
     while (call := sched.next_call()) is not None:
         for st in call.steps:
-            assert len(st["group_ids"]) == len(st["group_sizes"]) == eng.group_bound(8, 1, call.R, call.T)
+            assert st["group_ids"].shape == st["group_sizes"].shape == (1, eng.group_bound(8, 1, call.R, call.T))
         rows.add(call.R)
         sched.after_call()
     assert min(rows) == 1 and max(rows) > 1, rows  # calls of different widths, each with its own bound
@@ -194,7 +194,7 @@ def test_stream_holds_no_more_slots_than_jobs(model):
         sched = eng._Scheduler(cfg, jobs[:n])
         call = sched.next_call()
         assert sched.K == len(sched.slots) == len(call.reset) == len(call.hp["learning_rate"]) == n
-        assert {st["stepping"].shape for st in call.steps} == {(n,)}
+        assert {st["stepping"].shape for st in call.steps} == {(1, n)}  # [shards, K]
     wide = sorted(eng.Engine(model, LORA, cfg).run(jobs), key=lambda d: d.index)
     exact = sorted(eng.Engine(model, LORA, dataclasses.replace(cfg, slots=3)).run(jobs), key=lambda d: d.index)
     for a, b in zip(wide, exact):
@@ -242,3 +242,133 @@ def test_blown_up_adapter_is_failed_not_handed_out_as_usable(model):
 def test_train_spec_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="TrainSpec"):
         il.TrainSpec(**bad)
+
+
+def _poison(monkeypatch, seeds):
+    """Adapters initialised from these seeds are nan from the start (the engine's own init otherwise)."""
+    fresh = eng._fresh
+
+    def poisoned(cfg, lcfg, seed):
+        w = fresh(cfg, lcfg, seed)
+        bad = jnp.any(jnp.asarray(seed) == jnp.asarray(list(seeds)))
+        return jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), w)
+
+    jax.clear_caches()
+    monkeypatch.setattr(eng, "_fresh", poisoned)
+
+
+def _record_calls(monkeypatch):
+    """Every `_run_call`'s host copy of its packed data (shard 0's [steps, ...]: one device), step count, resets and
+    seeds (the arrays the device computes on)."""
+    calls = []
+    run = eng._run_call
+
+    def spy(model, state, data, hp, reset, seeds, num_steps, **kw):
+        calls.append(({k: np.asarray(v)[0] for k, v in data.items()}, int(num_steps), np.asarray(reset),
+                      np.asarray(seeds)))
+        return run(model, state, data, hp, reset, seeds, num_steps, **kw)
+
+    monkeypatch.setattr(eng, "_run_call", spy)
+    return calls
+
+
+def test_nan_adapter_packed_in_one_row_with_healthy_ones(model, monkeypatch):
+    """Three jobs whose sequences share one 64-token row, job 1's adapter nan: job 1 fails at its first step, and
+    its row neighbours (whose first targets follow its last token, and whose rows keep holding its tokens for the
+    rest of the call) equal training alone."""
+    rng = np.random.default_rng(7)
+    jobs = [eng.Job(_examples(rng, 3, lo=6, hi=14), il.TrainSpec(epochs=2, seed=i), init_seed=200 + i)
+            for i in range(3)]
+    _poison(monkeypatch, [201])
+    calls = _record_calls(monkeypatch)
+    try:
+        e = eng.Engine(model, LORA, eng.EngineConfig(slots=3, row_length=64, max_tokens_per_step=64,
+                                                     steps_per_call=8))
+        out = {d.index: d for d in e.run(jobs)}
+    finally:
+        jax.clear_caches()
+    data, n = calls[0][:2]
+    assert data["tokens"].shape[1:] == (1, 64) and n > 1
+    assert set(data["token_slot"][0].tolist()) == {-1, 0, 1, 2}  # one row holds all three slots' sequences
+    assert all(1 in set(data["token_slot"][g].tolist()) for g in range(n))  # job 1's tokens were packed every step
+    assert out[1].failed and out[1].steps == 0 and "non-finite" in out[1].failure
+    for i in (0, 2):
+        assert not out[i].failed
+        _assert_equal_alone(model, out[i])
+
+
+def test_slot_refilled_after_a_failure_starts_clean(model, monkeypatch):
+    """Two slots, three jobs: job 0 fails at its first step, its slot takes job 2, which trains from a fresh LoRA,
+    fresh AdamW state, step 0 and no failure flag (equal to training alone)."""
+    rng = np.random.default_rng(8)
+    jobs = [eng.Job(_examples(rng, 3, lo=6, hi=14), il.TrainSpec(epochs=2, seed=i, learning_rate=3e-3),
+                    init_seed=300 + i) for i in range(3)]
+    _poison(monkeypatch, [300])
+    calls = _record_calls(monkeypatch)
+    try:
+        e = eng.Engine(model, LORA, eng.EngineConfig(slots=2, row_length=64, max_tokens_per_step=64,
+                                                     steps_per_call=2))
+        out = {d.index: d for d in e.run(jobs)}
+    finally:
+        jax.clear_caches()
+    assert out[0].failed and out[0].steps == 0
+    # job 2 (seed 302) entered slot 0, job 0's, at the start of the second call, and trained there
+    assert calls[1][2].tolist() == [True, False] and int(calls[1][3][0]) == 302
+    assert 0 in set(calls[1][0]["token_slot"][0].tolist())
+    for i in (1, 2):
+        assert not out[i].failed
+        _assert_equal_alone(model, out[i])
+
+
+def test_token_accounting_recomputed_from_the_packed_arrays(model, monkeypatch):
+    """token_slots = every computed position of every step (all rows, used or not); real_tokens = the jobs' own
+    tokens of every optimiser step (pads of Example.pads excluded), recomputed here from the jobs and the packed
+    arrays the device received, not from the engine's counters."""
+    rng = np.random.default_rng(9)
+    jobs = []
+    for i, (n, epochs) in enumerate([(4, 2), (2, 3), (5, 1), (3, 2)]):
+        exs = [dataclasses.replace(x, pads=int(rng.integers(0, 5))) for x in _examples(rng, n, lo=6, hi=20)]
+        jobs.append(eng.Job(exs, il.TrainSpec(epochs=epochs, batch_size=1 + i % 2, seed=i), init_seed=i))
+    calls = _record_calls(monkeypatch)
+    e = eng.Engine(model, LORA, eng.EngineConfig(slots=2, max_tokens_per_step=128, steps_per_call=3))
+    out = list(e.run(jobs))
+    assert len(out) == 4
+    calls = [c[:2] for c in calls]
+    slots = sum(n * d["tokens"].shape[1] * d["tokens"].shape[2] for d, n in calls)
+    own = sum(len(j.examples[i].tokens) for j in jobs for b in il.batch_schedule(len(j.examples), j.spec)
+              for i in b)
+    pads = sum(j.examples[i].pads for j in jobs for b in il.batch_schedule(len(j.examples), j.spec) for i in b)
+    packed = sum(int((d["segment_ids"][:n] > 0).sum()) for d, n in calls)  # own tokens + their trailing pads
+    assert pads > 0 and packed == own + pads
+    empty_rows = sum(int((d["segment_ids"][:n].max(axis=-1) == 0).sum()) for d, n in calls)
+    assert empty_rows > 0  # some step leaves a row unused: it still counts as computed token slots
+    assert e.stats["token_slots"] == slots
+    assert e.stats["real_tokens"] == own == sum(d.real_tokens for d in out)
+
+
+def test_balance_longest_first_to_the_least_loaded_shard():
+    # 50 -> shard 0; 30 (job 2) -> 1; 30 (job 3) -> 1 (30 < 50); 20 -> 0 (50 < 60); 10 -> 1 (60 < 70)
+    assert eng.balance([10, 50, 30, 30, 20], 2) == [1, 0, 1, 1, 0]
+    assert eng.balance([5, 5, 5], 1) == [0, 0, 0]
+    assert eng.balance([7, 7, 7], 4) == [0, 1, 2]  # equal jobs: the earlier one first, to the lower shard
+
+
+def test_sharded_rows_follow_the_sequences(model):
+    """Four adapter shards of two short jobs each, one job with a 200-token sequence: a row of 256 tokens is more
+    than a shard's step should hold, so rows are as long as each call's sequences need (the 256-token rows only
+    while the long sequence is packed), and the stream computes fewer token slots than with 256-token rows."""
+    from jax.sharding import AbstractMesh
+    rng = np.random.default_rng(10)
+    jobs = [eng.Job(_examples(rng, 4, lo=8, hi=24), il.TrainSpec(epochs=3, seed=i), init_seed=i) for i in range(8)]
+    long_one = il.Example(tuple(rng.integers(3, 512, 200).tolist()))
+    jobs[3] = dataclasses.replace(jobs[3], examples=list(jobs[3].examples) + [long_one])
+    mesh = AbstractMesh((4, 1), ("adapter", "model"))
+    cfg = eng.EngineConfig(slots=2, max_tokens_per_step=512, steps_per_call=4)
+    fitted = eng.Engine(model, LORA, cfg, mesh=mesh).plan(jobs)
+    fixed = eng.Engine(model, LORA, dataclasses.replace(cfg, row_length=256), mesh=mesh).plan(jobs)
+    lengths = {t for _, t, _ in fitted["shapes"]}
+    assert 256 in lengths and min(lengths) <= 32, fitted["shapes"]
+    assert sum(n for (_, t, _), n in fitted["shapes"].items() if t == 256) == 3  # one call per epoch's long batch
+    assert fitted["real_tokens"] == fixed["real_tokens"]
+    assert fitted["token_slots"] < 0.5 * fixed["token_slots"], (fitted["token_slots"], fixed["token_slots"])
+    assert fitted["shards"] == 4 and len(fitted["shard_busy_slots"]) == 4

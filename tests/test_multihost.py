@@ -50,6 +50,25 @@ def test_two_processes_write_one_results_file(tmp_path):
     np.testing.assert_allclose(multi["final_loss"], single["final_loss"], atol=1e-5)
 
 
+def test_sharded_engine_on_two_processes_equals_one_device():
+    """The ragged engine on a (4, 2) mesh over 2 processes x 4 devices: each process feeds its own shards, and every
+    adapter equals the single-device engine's (tests/sharded_engine.py)."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.sharded_engine", "--mesh", "4,2", "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              cwd=ROOT, env=cpu_devices_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    assert not any(line.startswith("{") for line in outs[1][0].splitlines())  # only process 0 reports
+    result = json.loads(outs[0][0].strip().splitlines()[-1])
+    r = result["(4, 2)"]
+    assert r["weights"] < 1e-5 and r["losses"] < 1e-5, r
+    assert r["failed"] == result["reference"]["failed"] == [5, 13] and r["same_failures"] and r["same_real_tokens"]
+
+
 def test_killed_job_resumes_from_its_checkpoint(tmp_path):
     out = str(tmp_path / "job")
     args = [sys.executable, *JOB, "--out", out, "--checkpoint-every", "1"]

@@ -18,7 +18,7 @@ import seal_jax
 from seal_jax.sharding import logical_to_spec, make_mesh, mesh_context
 from tests.conftest import assert_varied, cpu_devices_env
 
-pytestmark = pytest.mark.slow(minutes=1.5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=4)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,6 +39,24 @@ def test_sharded_equals_single_device(preset):
         assert r["inner_loop"] < 1e-5, (mesh, r)
     assert "'model'" in result["(1, 8)"]["mlp_spec"]  # tensor-parallel: the MLP kernel is split over "model"
     assert result["(8, 1)"]["adapter_axis_sharded"]  # adapters spread over 8 devices
+
+
+def test_sharded_engine_equals_single_device():
+    """The ragged engine over each mesh: every adapter's LoRA weights and losses as on one device (1e-5), the same
+    failures (a diverging job, a non-finite adapter) at the same steps, refills included (2 slots per shard for 14
+    jobs), grouped-query attention with the kv heads split, replicated or both (tests/sharded_engine.py)."""
+    proc = subprocess.run([sys.executable, "-m", "tests.sharded_engine"], cwd=ROOT, env=cpu_devices_env(8),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    ref = result.pop("reference")
+    assert ref["failed"] == [5, 13]  # the lr-1e30 job and the non-finite adapter; the other 12 train
+    assert set(result) == {"(8, 1)", "(4, 2)", "(2, 4)", "(1, 8)"}
+    for mesh, r in result.items():
+        assert r["weights"] < 1e-5 and r["losses"] < 1e-5, (mesh, r)
+        assert r["failed"] == ref["failed"] and r["same_failures"] and r["same_real_tokens"], (mesh, r)
+        assert r["sharded"], mesh  # the slot bank is spread over the adapter axis
+        assert r["token_slots"] >= r["real_tokens"] == sum(ref["real_tokens"])
 
 
 def run_on_8_devices(*args: str) -> dict:
