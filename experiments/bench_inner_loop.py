@@ -38,6 +38,7 @@ from experiments import workloads
 from seal_jax import generation
 from seal_jax import inner_loop as il
 from seal_jax import engine as eng
+from seal_jax.cli import mesh_problems
 from seal_jax.lora import Lora, LoraConfig, init_lora, num_lora_params, stack_adapters
 from seal_jax.models.config import ModelConfig, get_preset
 from seal_jax.models.model import init_model
@@ -346,11 +347,28 @@ def _peak_bytes() -> int | None:
     return stats.get("peak_bytes_in_use")
 
 
+def _mesh(args):
+    """--mesh A,M: None, a device mesh (timing), or for --no-timing an abstract one (counting needs no devices)."""
+    if not args.mesh:
+        return None
+    a, m = (int(x) for x in args.mesh.split(","))
+    if args.no_timing:
+        return jax.sharding.AbstractMesh((a, m), ("adapter", "model"))
+    from seal_jax.sharding import make_mesh
+    return make_mesh(a, m)
+
+
 def bench_workload(args) -> int:
     """One JSON line: the useful token fraction of the ragged engine and of the padded layout on the whole workload
     (counted from their plans: every token slot their compiled training programs compute), and both timed end to
-    end on the first --time-jobs jobs in the same process."""
+    end on the first --time-jobs jobs in the same process.
+
+    With --mesh A,M the engine runs A adapter shards (each with --slots slots and --tokens-per-step tokens per step):
+    its token slots count every shard's positions (a shard with nothing to do counts its slots as waste), and the
+    balance of the shards is their busy token slots (steps in which the shard trained something, x R x T) and real
+    tokens, the busiest against the mean. Timing then runs both sides on the mesh."""
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    mesh = _mesh(args)
     w = workloads.build(args.workload, n_tasks=args.arc_tasks, max_sequences=args.arc_max_sequences)
     args.preset = args.preset or ("tiny-qwen2" if args.workload == "knowledge-seal" else "tiny-llama")
     full = get_preset("qwen2.5-7b" if args.workload == "knowledge-seal" else "llama-3.2-1b")
@@ -360,7 +378,7 @@ def bench_workload(args) -> int:
         cfg = cfg.replace(remat=True)
     model = init_model(cfg, seed=0, dtype=args.dtype)
     real = w.real_tokens
-    ragged = workloads.count_ragged(w, model, slots=args.slots, tokens_per_step=args.tokens_per_step)
+    ragged = workloads.count_ragged(w, model, mesh=mesh, slots=args.slots, tokens_per_step=args.tokens_per_step)
     padded = workloads.count_padded(w)
     assert ragged["real_tokens"] == padded["real_tokens"] == real, (ragged["real_tokens"], padded["real_tokens"], real)
     r = {"workload": w.name, "jobs": len(w.jobs), "real_tokens": real,
@@ -372,14 +390,22 @@ def bench_workload(args) -> int:
          "lora": {"rank": w.lora.rank, "alpha": w.lora.alpha, "targets": list(w.lora.targets)},
          "loss_mode": w.loss_mode, "preset": args.preset, "vocab_size": cfg.vocab_size, "dtype": args.dtype,
          "device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    if mesh is not None:
+        busy, own = ragged["shard_busy_slots"], ragged["shard_real_tokens"]
+        r.update(mesh=args.mesh, shards=ragged["shards"], slots_per_shard=ragged["slots"], shard_busy_slots=busy,
+                 shard_real_tokens=own, busiest_shard_ratio=round(max(busy) / (sum(busy) / len(busy)), 4),
+                 busiest_shard_real_ratio=round(max(own) / (sum(own) / len(own)), 4))
     if args.workload == "arc-seal":
         r.update(arc_tasks=args.arc_tasks, arc_max_sequences=args.arc_max_sequences)
     if not args.no_timing:
         n = args.time_jobs or (5 if args.workload == "arc-seal" else len(w.jobs))
         sub = w.subset(n)
-        r["compile_s"] = round(workloads.warm_up(sub, model, args.slots, args.tokens_per_step), 2)
-        rg = workloads.run_ragged(sub, model, args.slots, args.tokens_per_step)
-        pd = workloads.run_padded(sub, model, max_steps=args.padded_max_steps)
+        if mesh is not None:
+            from seal_jax.distributed import shard_model
+            model = shard_model(model, mesh)
+        r["compile_s"] = round(workloads.warm_up(sub, model, args.slots, args.tokens_per_step, mesh), 2)
+        rg = workloads.run_ragged(sub, model, args.slots, args.tokens_per_step, mesh=mesh)
+        pd = workloads.run_padded(sub, model, max_steps=args.padded_max_steps, mesh=mesh)
         k = len(sub.jobs)
         for name, res in (("ragged", rg), ("padded", pd)):
             r[f"{name}_time"] = {key: round(res[key], 3) for key in ("train_s", "train_cpu_s", "answer_s",
@@ -447,7 +473,16 @@ def main(argv=None):
     w.add_argument("--arc-tasks", type=int, default=10, help="arc-seal: seal-eval tasks (of 10)")
     w.add_argument("--arc-max-sequences", type=int, default=250, help="arc-seal: the TTT cap (original: 250)")
     w.add_argument("--no-timing", action="store_true", help="count token slots only")
+    w.add_argument("--mesh", default=None, metavar="A,M",
+                   help="an (adapter, model) mesh: the engine over A shards; counted without devices with "
+                        "--no-timing, timed on the mesh's devices otherwise")
     args = ap.parse_args(argv)
+    if args.mesh is not None:
+        if not args.workload:
+            ap.error("--mesh needs --workload")
+        bad = mesh_problems(args)
+        if bad:
+            ap.error(bad[0])
     if args.workload:
         return bench_workload(args)
     if min(args.seq_len, args.steps, args.examples, args.batch_size, args.repeats) < 1:

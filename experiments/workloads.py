@@ -14,7 +14,9 @@ TTT defaults, and the two ways of running them (the ragged engine and the padded
 `run_ragged` and `run_padded` time the same jobs end to end (training + answering) the way the experiments do:
 the engine streaming every job through its slots, finished adapters answering together; or K jobs per vmapped
 padded batch (`adapters_per_batch`), each batch then answering its questions. Both count the token slots their
-compiled training programs compute; `count_ragged` / `count_padded` count them without training.
+compiled training programs compute; `count_ragged` / `count_padded` count them without training. Every function
+takes an optional ("adapter", "model") mesh (the model placed on it): the engine sharded over it, the padded
+batches' adapters spread over its "adapter" axis, answers with their rows spread over it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class Workload:
     slots: int  # the engine's defaults for this workload
     tokens_per_step: int
     rows: dict[str, int]  # answer prompts per group
-    answer: Callable  # answer(model, groups, lora batch, ids) -> one output per adapter (group)
+    answer: Callable  # answer(model, groups, lora batch, ids, mesh=None) -> one output per adapter (group)
     length_buckets: tuple[int, ...] | None = None
 
     def subset(self, n: int | None) -> "Workload":
@@ -103,13 +105,13 @@ def knowledge_seal(n_passages: int = 64, tokenizer=None) -> Workload:
         prompts[str(i)] = _answer_prompt_ids(tok, p)
     stop = cfg.prompt_format.stop_ids(tok)
 
-    def answer(model, groups, lora, ids):
+    def answer(model, groups, lora, ids, mesh=None):
         rows, owners = [], []
         for g, a in zip(groups, ids):
             rows += prompts[g]
             owners += [a] * len(prompts[g])
         out = generation.generate(model, rows, max_new_tokens=cfg.answer_max_tokens, stop_token_ids=stop, lora=lora,
-                                  adapter_ids=owners)
+                                  adapter_ids=owners, mesh=mesh)
         per, pos = [], 0
         for g in groups:
             per.append(out[pos:pos + len(prompts[g])])
@@ -164,10 +166,10 @@ def arc_seal(n_tasks: int = 10, k: int = 5, seed: int = 0, max_sequences: int = 
                                 seed=candidate_seed(opts.seed, t.task_id, c))
             jobs.append(WJob(d.examples(c.strategy) if len(d) else [], spec, opts.seed, t.task_id, c.to_json()))
 
-    def answer(model, groups, lora, ids):
+    def answer(model, groups, lora, ids, mesh=None):
         tq = [queries[g] for g in groups]
         tq += [None] * (lora.num_adapters - len(tq))  # padding adapters of the bank are not asked
-        return inference.predict(model, tok, tq, iopts, lora=lora)[:len(groups)]
+        return inference.predict(model, tok, tq, iopts, lora=lora, mesh=mesh)[:len(groups)]
 
     return Workload("arc-seal", jobs, opts.lora, "completion", opts.max_tokens, tok.pad_token_id or 0,
                     tok.vocab_size, k, 16, 32768, {t: len(q.flat_prompts()) for t, q in queries.items()}, answer,
@@ -194,8 +196,9 @@ def _engine_jobs(w: Workload) -> list[eng.Job]:
     return [eng.Job(j.examples, j.spec, j.init_seed, key=n) for n, j in enumerate(w.jobs)]
 
 
-def count_ragged(w: Workload, model: Model, **kw) -> dict:
-    return eng.Engine(model, w.lora, engine_config(w, **kw)).plan(_engine_jobs(w))
+def count_ragged(w: Workload, model: Model, mesh=None, **kw) -> dict:
+    """The engine's plan of the whole workload (a `jax.sharding.AbstractMesh` is enough: nothing runs)."""
+    return eng.Engine(model, w.lora, engine_config(w, **kw), mesh=mesh).plan(_engine_jobs(w))
 
 
 def _padded_plans(w: Workload):
@@ -225,22 +228,31 @@ class Clock:
         return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def warm_up(w: Workload, model: Model, slots: int | None = None, tokens_per_step: int | None = None) -> float:
+def _stacked(loras: list[Lora], mesh) -> Lora:
+    lora = stack_adapters(loras)
+    if mesh is None:
+        return lora
+    from seal_jax.distributed import shard_lora
+    return shard_lora(lora, mesh)
+
+
+def warm_up(w: Workload, model: Model, slots: int | None = None, tokens_per_step: int | None = None,
+            mesh=None) -> float:
     """Compile every program both sides will run on this workload, untimed: each engine call shape (one call of
     zero steps), each padded plan's program (one step), and the answering programs (every group answered once with
     the fresh adapters, both ways of batching). Returns the seconds it took."""
     c = Clock()
     cfg = engine_config(w, slots, tokens_per_step)
-    engine = eng.Engine(model, w.lora, cfg)
+    engine = eng.Engine(model, w.lora, cfg, mesh=mesh)
     engine.compile(_engine_jobs(w))
-    fresh = [init_lora(model.config, w.lora, jax.random.PRNGKey(j.init_seed)) for j in w.jobs]
+    fresh = [engine._empty(n, j).lora for n, j in enumerate(_engine_jobs(w))]  # placed as finished adapters are
     for flush in _flushes(w, engine.plan(_engine_jobs(w))["finish_order"], cfg.slots):  # run_ragged's answer calls
-        _answer(w, model, [fresh[n] for n in flush], flush)
+        _answer(w, model, [fresh[n] for n in flush], flush, mesh)
     for part, plan in _padded_plans(w):
         loras = [init_lora(model.config, w.lora, jax.random.PRNGKey(j.init_seed)) for j in part]
         loras += [loras[0]] * (plan.num_adapters - len(loras))
-        state = il.train(model, il.init_state(stack_adapters(loras), plan), plan, num_steps=1)
-        w.answer(model, [j.group for j in part], state.lora, list(range(len(part))))
+        state = il.train(model, il.init_state(_stacked(loras, mesh), plan, mesh), plan, num_steps=1, mesh=mesh)
+        w.answer(model, [j.group for j in part], state.lora, list(range(len(part))), mesh)
     return c.stop()[0]
 
 
@@ -257,18 +269,18 @@ def _flushes(w: Workload, finish_order: Sequence[int], slots: int, answer_rows: 
         yield waiting
 
 
-def _answer(w: Workload, model: Model, adapters: list[Lora], jobs: list[int]) -> list:
+def _answer(w: Workload, model: Model, adapters: list[Lora], jobs: list[int], mesh=None) -> list:
     """One answer call for finished jobs: their adapters as one bank (padded to a power of two)."""
     bank = adapters + [adapters[0]] * (batch_bucket(len(adapters)) - len(adapters))
-    return w.answer(model, [w.jobs[n].group for n in jobs], stack_adapters(bank), list(range(len(jobs))))
+    return w.answer(model, [w.jobs[n].group for n in jobs], stack_adapters(bank), list(range(len(jobs))), mesh)
 
 
 def run_ragged(w: Workload, model: Model, slots: int | None = None, tokens_per_step: int | None = None,
-               answer_rows: int = ANSWER_ROWS) -> dict:
+               answer_rows: int = ANSWER_ROWS, mesh=None) -> dict:
     """Every job through the engine; finished adapters answer together once `answer_rows` questions (or a slot
     bank's worth of adapters) wait, the rest at the end (`_flushes`). Returns times, accounting and the outputs."""
     cfg = engine_config(w, slots, tokens_per_step)
-    engine = eng.Engine(model, w.lora, cfg)
+    engine = eng.Engine(model, w.lora, cfg, mesh=mesh)
     times = {"train_s": 0.0, "train_cpu_s": 0.0, "answer_s": 0.0, "answer_cpu_s": 0.0}
     outputs: dict[int, Any] = {}
     waiting: list[eng.Finished] = []
@@ -281,7 +293,7 @@ def run_ragged(w: Workload, model: Model, slots: int | None = None, tokens_per_s
     def flush():
         c = Clock()
         jobs = [f.job.key for f in waiting]
-        for n, o in zip(jobs, _answer(w, model, [f.lora for f in waiting], jobs)):
+        for n, o in zip(jobs, _answer(w, model, [f.lora for f in waiting], jobs, mesh)):
             outputs[n] = o
         add("answer", c)
         waiting.clear()
@@ -302,7 +314,7 @@ def run_ragged(w: Workload, model: Model, slots: int | None = None, tokens_per_s
             "shapes": eng.format_shapes(st["shapes"]), "outputs": outputs}
 
 
-def run_padded(w: Workload, model: Model, max_steps: int | None = None) -> dict:
+def run_padded(w: Workload, model: Model, max_steps: int | None = None, mesh=None) -> dict:
     """K jobs per padded plan, trained together (vmapped), then answering their questions.
 
     max_steps: train each plan only this many steps and scale its measured training time by (the plan's steps /
@@ -320,9 +332,9 @@ def run_padded(w: Workload, model: Model, max_steps: int | None = None) -> dict:
         loras = [init_lora(model.config, w.lora, jax.random.PRNGKey(j.init_seed)) for j in part]
         loras += [loras[0]] * (K - len(loras))
         c = Clock()
-        state = il.init_state(stack_adapters(loras), plan)
+        state = il.init_state(_stacked(loras, mesh), plan, mesh)
         steps = plan.max_steps if max_steps is None else min(max_steps, plan.max_steps)
-        state = il.train(model, state, plan, num_steps=steps)
+        state = il.train(model, state, plan, num_steps=steps, mesh=mesh)
         jax.block_until_ready(state.lora.weights)
         dt = c.stop()
         factor = plan.max_steps / steps if steps else 1.0
@@ -333,7 +345,7 @@ def run_padded(w: Workload, model: Model, max_steps: int | None = None) -> dict:
         real += int(plan.real_tokens.sum())
         c = Clock()
         groups = [j.group for j in part]
-        out = w.answer(model, groups, state.lora, list(range(len(part))))
+        out = w.answer(model, groups, state.lora, list(range(len(part))), mesh)
         for n, o in enumerate(out):
             outputs[first + n] = o
         dt = c.stop()

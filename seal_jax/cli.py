@@ -174,6 +174,38 @@ def model_problems(cfg: ModelFlags) -> list[str]:
     return []
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MeshFlags:
+    """devices"""
+
+    mesh: str | None = flag(None, "ADAPTER,MODEL device mesh: the self-edit fine-tunes balanced over ADAPTER shards "
+                                  "(the ragged engine's; --slots and --tokens-per-step are per shard), the base "
+                                  "model split tensor-parallel over MODEL (default: one device)")
+
+
+def mesh_problems(cfg: MeshFlags, devices: int | None = None) -> list[str]:
+    """A malformed --mesh; with `devices` (known only once a multi-host run has joined its processes), also one
+    larger than the run has."""
+    if cfg.mesh is None:
+        return []
+    parts = cfg.mesh.split(",")
+    if len(parts) != 2 or not all(x.strip().isdigit() and int(x) > 0 for x in parts):
+        return [f"--mesh must be ADAPTER,MODEL (two positive integers), got {cfg.mesh!r}"]
+    a, m = (int(x) for x in parts)
+    if devices is not None and a * m > devices:
+        return [f"--mesh {cfg.mesh} needs {a * m} devices, {devices} available"]
+    return []
+
+
+def place_model(cfg: MeshFlags, model):
+    """(model, mesh): the mesh of --mesh and the model placed on it by the sharding rules, or (model, None)."""
+    if not cfg.mesh:
+        return model, None
+    from seal_jax import distributed
+    mesh = distributed.make_mesh(*(int(x) for x in cfg.mesh.split(",")))
+    return distributed.shard_model(model, mesh), mesh
+
+
 def split_names(text: str | None) -> tuple[str, ...]:
     """The names of a comma-separated flag value, stripped, empty parts dropped (``"q, v,"`` -> ``("q", "v")``)."""
     return tuple(x.strip() for x in (text or "").split(",") if x.strip())

@@ -20,7 +20,8 @@ import os
 import time
 from typing import Any, Literal
 
-from seal_jax.cli import ModelFlags, flag, load_model, model_problems, problems, split_names, target_problems
+from seal_jax.cli import (MeshFlags, ModelFlags, flag, load_model, mesh_problems, model_problems, place_model,
+                          problems, split_names, target_problems)
 from seal_jax.runs import RunDir, progress, read_jsonl, resume_stream, write_json
 from seal_jax.seal import derive_seed
 
@@ -177,7 +178,7 @@ class RunFlags:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ArcConfig(RunFlags, BCFlags, InferenceFlags, TTTFlags, SelfEditFlags, DataFlags, ModelFlags):
+class ArcConfig(RunFlags, MeshFlags, BCFlags, InferenceFlags, TTTFlags, SelfEditFlags, DataFlags, ModelFlags):
     """The whole experiment (fields, and --help's groups, in reverse order of the bases: model first)."""
 
 
@@ -190,7 +191,8 @@ def check(cfg: ArcConfig) -> list[str]:
         out.append(f"unknown phase(s) {bad or '[]'}; choose from {', '.join(PHASES)}")
     if cfg.solutions and len(cfg.solutions) != len(cfg.challenges):
         out.append("give one --solutions file per --challenges file (or none)")
-    return out + problems(cfg) + target_problems(lora_targets=cfg.lora_targets, bc_targets=cfg.bc_targets)
+    return out + problems(cfg) + mesh_problems(cfg) + target_problems(lora_targets=cfg.lora_targets,
+                                                                       bc_targets=cfg.bc_targets)
 
 
 # ------------------------------------------------------------------------------------------------ context
@@ -211,6 +213,7 @@ class Context:
     oracle_configs: list
     units_left: int | None = None
     prompts: Any = None  # seal_jax.original_prompts.SealPrompts from --prompts, or None (our wording)
+    mesh: Any = None  # --mesh (the model placed on it), or None
 
     def tick(self) -> None:
         """One work unit (a task of a TTT or ICL phase) finished."""
@@ -275,6 +278,10 @@ def load_context(cfg) -> Context:
     run = RunDir(cfg.out, dataclasses.asdict(cfg), resume_free=_RESUME_FREE)
     train_tasks, eval_tasks = load_tasks(cfg)
     model, tokenizer = load_model(cfg, remat=cfg.remat)
+    bad = mesh_problems(cfg, jax.device_count())
+    if bad:
+        raise SystemExit(f"error: {bad[0]}")
+    model, mesh = place_model(cfg, model)
     if tokenizer.token_to_id("<|start_header_id|>") is not None:
         # Llama-3 vocabulary: the built-in Llama-3.2 template with its fixed date line, so TTT and inference texts do
         # not change with the calendar day (the hub template dates them with strftime_now, W3).
@@ -307,10 +314,10 @@ def load_context(cfg) -> Context:
             _injected(cfg.self_edits, eval_tasks, cfg.k_eval)
     if cfg.seal_self_edits and "seal" in phases:
         _injected(cfg.seal_self_edits, eval_tasks, cfg.k_eval)
-    run.event("start", phases=list(phases), devices=jax.device_count(),
+    run.event("start", phases=list(phases), devices=jax.device_count(), mesh=cfg.mesh,
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(cfg, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,
-                   cfg.stop_after_units, prompts)
+                   cfg.stop_after_units, prompts, mesh)
 
 
 def _ttt_instruction(prompts) -> str:
@@ -407,7 +414,7 @@ def self_edit_stage(ctx: Context, phase: str, tasks, k: int, policy, injected: s
                               f"{phase} self-edits", a.no_progress):
                 outs += generation.generate(policy, rows[s:s + a.max_rows], max_new_tokens=a.max_self_edit_tokens,
                                             temperature=a.temperature, top_p=a.top_p, seed=seeds[s:s + a.max_rows],
-                                            stop_token_ids=ctx.tokenizer.stop_token_ids)
+                                            stop_token_ids=ctx.tokenizer.stop_token_ids, mesh=ctx.mesh)
             fresh = {(tid, j): _sample_record(j, ctx.tokenizer.decode(o), attempt + 1, "policy",
                                               a.self_edit_sampling) for (tid, j), o in zip(pending, outs)}
             if a.skip_repeated_configs:
@@ -457,6 +464,17 @@ class _Laps:
         return out
 
 
+def _recorded(ctx: Context, phase: str, stats: dict, stream):
+    """`stream` passed through; when it ends, a "training" event records how its adapters were trained (the engine's
+    accounting in `stats`: token slots over every adapter shard, real tokens, steps, calls, shapes, slots, shards)."""
+    from seal_jax.engine import format_shapes
+    yield from stream
+    if stats.get("token_slots"):
+        ctx.run.event("training", phase=phase, layout="ragged", mesh=ctx.cfg.mesh,
+                      useful_token_fraction=round(stats["real_tokens"] / stats["token_slots"], 4),
+                      **{k: format_shapes(v) if k == "shapes" else v for k, v in stats.items()})
+
+
 def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], base_model) -> dict[str, dict]:
     """Every task's self-edits: TTT + inference + reward; the unfinished tasks' distinct configurations train in one
     engine stream (`seal_jax.arc.ttt.evaluate_tasks`) and each task's evals.jsonl line is appended as soon as its
@@ -472,7 +490,9 @@ def ttt_phase(ctx: Context, phase: str, tasks, samples: dict[str, list[dict]], b
         items = [(t, [SelfEditConfig.from_dict(r["config"]) for r in parsed(t)]) for t in todo]
         by_id = {t.task_id: t for t in todo}
         laps = _Laps()
-        for task_id, evals in evaluate_tasks(base_model, ctx.tokenizer, items, ctx.ttt, ctx.inference):
+        stats: dict = {}
+        for task_id, evals in _recorded(ctx, phase, stats, evaluate_tasks(
+                base_model, ctx.tokenizer, items, ctx.ttt, ctx.inference, stats=stats, mesh=ctx.mesh)):
             ok = parsed(by_id[task_id])
             by_sample = {r["sample"]: e for r, e in zip(ok, evals)}
             out = [dict(r, **by_sample[r["sample"]]) if r["sample"] in by_sample else _failed_sample(r)
@@ -494,7 +514,8 @@ def icl_phase(ctx: Context) -> dict[str, dict]:
         for task in todo:
             t0 = time.perf_counter()
             queries = inference.build_task_queries(ctx.tokenizer, task, ctx.inference)
-            preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None)[0]
+            preds = inference.predict(ctx.model, ctx.tokenizer, [queries], ctx.inference, lora=None,
+                                      mesh=ctx.mesh)[0]
             yield dict(task_id=task.task_id, **inference.score_predictions(task, queries, preds, ctx.inference.vote),
                        seconds=time.perf_counter() - t0)
 
@@ -508,8 +529,10 @@ def oracle_phase(ctx: Context) -> dict[str, dict]:
 
     def work(todo):
         laps = _Laps()
-        for task_id, evals in evaluate_tasks(ctx.model, ctx.tokenizer, [(t, ctx.oracle_configs) for t in todo],
-                                             ctx.ttt, ctx.inference):
+        stats: dict = {}
+        for task_id, evals in _recorded(ctx, "oracle", stats, evaluate_tasks(
+                ctx.model, ctx.tokenizer, [(t, ctx.oracle_configs) for t in todo], ctx.ttt, ctx.inference,
+                stats=stats, mesh=ctx.mesh)):
             yield {"task_id": task_id, "configs": evals, "correct": any(e["correct"] for e in evals),
                    "seconds": laps.lap()[0]}
 
@@ -676,6 +699,10 @@ def write_results(ctx: Context) -> dict:
         rows_md["oracle"] = (f"oracle TTT (best of {len(ctx.oracle_configs)} fixed configs)", st["success_rate"],
                              f"{st['n_correct']}/{st['n_tasks']} tasks", st["ci95_wilson"],
                              "solved per config: " + ", ".join(map(str, st["per_config_solved"])))
+    training = {e["phase"]: {k: v for k, v in e.items() if k not in ("time", "event", "phase")}
+                for e in read_jsonl(ctx.run.file("events.jsonl")) if e.get("event") == "training"}
+    if training:  # how each phase's adapters were trained, by its last invocation that trained any
+        out["training"] = training
     bc_path = os.path.join(ctx.run.path, "bc", "summary.json")
     if os.path.exists(bc_path):
         with open(bc_path) as f:

@@ -236,15 +236,15 @@ def _answer_calls(rows: list[tuple[list[int], int, int]], max_rows: int, prompt_
 
 
 def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: InferenceOptions = InferenceOptions(),
-            lora: Lora | None = None) -> list[list[list[Prediction]] | None]:
+            lora: Lora | None = None, mesh=None) -> list[list[list[Prediction]] | None]:
     """Greedy answers to every group's queries: group g with adapter g of `lora` (a batch of len(groups)), or all
     groups with the base model when `lora` is None. A None group is skipped (its result is None).
 
     Every query of every group is one row with its own adapter and its own task's answer budget; rows are grouped
     into calls of at most `opts.max_rows` by `_answer_calls` (one answer-budget bucket per call) and answered with
     `generation.generate`, each row tagged with its adapter in the whole bank, so the bank's shape never changes
-    between calls. A row's answer does not
-    depend on which rows share its call. Returns, per group, per test input, the predictions in query order."""
+    between calls. A row's answer does not depend on which rows share its call. mesh: rows spread over its
+    "adapter" axis (the model placed on it). Returns, per group, per test input, the predictions in query order."""
     stop = tokenizer.stop_token_ids
     if lora is not None and lora.num_adapters != len(groups):
         raise ValueError(f"{len(groups)} query groups for a batch of {lora.num_adapters} adapters")
@@ -263,7 +263,7 @@ def predict(model, tokenizer, groups: Sequence[TaskQueries | None], opts: Infere
         got = generation.generate(
             model, [rows[i][0] for i in call], max_new_tokens=[rows[i][2] for i in call], stop_token_ids=stop,
             lora=lora, adapter_ids=None if lora is None else [rows[i][1] for i in call],
-            prompt_buckets=opts.prompt_buckets)
+            prompt_buckets=opts.prompt_buckets, mesh=mesh)
         for i, o in zip(call, got):
             g, j = owners[i]
             outs[g][j] = o

@@ -32,6 +32,7 @@ class FewShotTask:
     opts: TTTOptions = TTTOptions()
     inference_opts: Any = None  # seal_jax.arc.inference.InferenceOptions (None: the defaults)
     sampling: str = "clean"  # how replies are read: "clean" (lenient) or "original" (strict json.loads)
+    mesh: Any = None  # the engine and inference sharded over this mesh (the policy placed on it), or one device
 
     def self_edit_prompts(self) -> list[list[int]]:
         return [list(self.tokenizer.apply_chat_template(self_edit_messages(t))) for t in self.tasks]
@@ -50,7 +51,8 @@ class FewShotTask:
         opts = dataclasses.replace(self.opts, seed=seed)
         solved: dict[tuple[int, int], bool] = {}
         index = {t.task_id: i for i, t in enumerate(self.tasks)}
-        for task_id, records in evaluate_tasks(policy, self.tokenizer, work, opts, self.inference_opts):
+        for task_id, records in evaluate_tasks(policy, self.tokenizer, work, opts, self.inference_opts,
+                                               mesh=self.mesh):
             for e, rec in zip(order[index[task_id]], records):
                 solved[(e.item, e.sample)] = bool(rec["correct"])
         out = []

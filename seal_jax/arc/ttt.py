@@ -402,14 +402,15 @@ def engine_config(opts: TTTOptions, tokenizer) -> eng.EngineConfig:
 
 def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[SelfEditConfig]]],
                 opts: TTTOptions = TTTOptions(), data_cache: dict | None = None,
-                stats: dict | None = None) -> Iterator[TrainedTask]:
+                stats: dict | None = None, mesh=None) -> Iterator[TrainedTask]:
     """Train every distinct candidate configuration of every task of `work` in ONE engine stream; yield each task's
     `TrainedTask` as soon as its last adapter is trained (tasks without a job to train first, then in finishing
     order). A task's adapters equal training each alone (`seal_jax.engine`), whatever tasks share the stream.
 
     data_cache: {(task_key(task), augmenter names): TTTData}, shared by the configurations and tasks of the stream
     (and by later calls given the same dict, which must use the same tokenizer and data options). stats: filled with the engine's accounting (token slots, real tokens,
-    global steps, calls, shapes, train_seconds, plus jobs and slots) before every yield.
+    global steps, calls, shapes, train_seconds, plus jobs and slots) before every yield. mesh: the engine sharded
+    over it (jobs balanced over its "adapter" axis, opts.slots per shard; the model placed on it).
 
     Seconds: the tasks share the engine's steps, so a task's `seconds` is the time the stream spent on training since
     the previous task was handed out (or since the stream began), plus the task's own TTT data building; the time the
@@ -431,13 +432,13 @@ def train_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[
         jobs += task_jobs
     cfg = engine_config(opts, tokenizer)
     if stats is not None:
-        stats.update(jobs=len(jobs), slots=eng.stream_slots(cfg, len(jobs)) if jobs else 0)
+        stats.update(jobs=len(jobs), slots=0)  # the engine's stats give the slots (per shard) once it runs
     for p in pending:
         if p.waiting == 0:  # nothing to train: every slot failed for want of data (or the task has no configuration)
             yield p.done(p.data_seconds)
     if not jobs:
         return
-    engine = eng.Engine(model, opts.lora, cfg)
+    engine = eng.Engine(model, opts.lora, cfg, mesh=mesh)
     mark = [time.perf_counter()]
 
     def trained(batch: list[list[eng.Finished]]) -> list[TrainedTask]:  # one task's finished jobs per group
@@ -494,7 +495,7 @@ def train_candidates(model: Model, tokenizer, task: ArcTask, configs: Sequence[S
 
 def evaluate_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequence[SelfEditConfig]]],
                    opts: TTTOptions = TTTOptions(), inference_opts=None, width: int | None = None,
-                   data_cache: dict | None = None, stats: dict | None = None
+                   data_cache: dict | None = None, stats: dict | None = None, mesh=None
                    ) -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """TTT + augmented inference + voting + scoring of every configuration of every task of `work`; yields
     (task id, records) per task as soon as it is done (finishing order, see `train_tasks`).
@@ -516,14 +517,14 @@ def evaluate_tasks(model: Model, tokenizer, work: Sequence[tuple[ArcTask, Sequen
     width = width or max(most, 1)
     if most > width:
         raise ValueError(f"{most} distinct configurations of a task do not fit in {width} adapters")
-    for trained in train_tasks(model, tokenizer, work, opts, data_cache, stats):
+    for trained in train_tasks(model, tokenizer, work, opts, data_cache, stats, mesh):
         task = trained.task
         t0 = time.perf_counter()
         queries = inference.build_task_queries(tokenizer, task, iopts)
         predictions: list = [None] * width
         if any(trained.usable):
             groups = [queries if s < len(trained.usable) and trained.usable[s] else None for s in range(width)]
-            predictions = inference.predict(model, tokenizer, groups, iopts, lora=trained.bank(width))
+            predictions = inference.predict(model, tokenizer, groups, iopts, lora=trained.bank(width), mesh=mesh)
         infer_s = time.perf_counter() - t0
         records = []
         for out in trained.outcomes:

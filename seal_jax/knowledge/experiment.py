@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Any, Literal
 
-from seal_jax.cli import (ModelFlags, flag, load_model, model_problems, problems, split_names, target_problems,
-                          with_defaults)
+from seal_jax.cli import (MeshFlags, ModelFlags, flag, load_model, mesh_problems, model_problems, place_model,
+                          problems, split_names, target_problems, with_defaults)
 from seal_jax.runs import RunDir, resume_records, resume_stream, write_json, write_text
 
 __all__ = ["COMMANDS", "CPTConfig", "ContinualConfig", "EvalConfig", "ORIGINAL", "RestEMConfig", "check", "notes",
@@ -70,10 +70,11 @@ class TTTFlags:
     pack: bool = flag(False, "pack sequences into rows (with --loss-mode all)")
     answer_max_tokens: int = flag(64, "new tokens per answer", minimum=1)
     engine: Literal["ragged", "padded"] = flag(
-        "ragged", "ragged = jobs streamed through adapter slots, packed token streams (seal_jax.engine); padded = K "
-                  "jobs per vmapped batch, rows padded (the previous layout; used with --mesh)")
-    slots: int = flag(64, "ragged: the most adapters resident at once (fewer when fewer jobs wait)", minimum=1)
-    tokens_per_step: int = flag(4096, "ragged: largest packed stream per step", minimum=1)
+        "ragged", "ragged = jobs streamed through adapter slots, packed token streams (seal_jax.engine; sharded "
+                  "with --mesh); padded = K jobs per vmapped batch, rows padded (the comparison layout)")
+    slots: int = flag(64, "ragged: the most adapters resident at once, per adapter shard of --mesh (fewer when "
+                          "fewer jobs wait)", minimum=1)
+    tokens_per_step: int = flag(4096, "ragged: largest packed stream per step, per adapter shard", minimum=1)
     adapters_per_batch: int = flag(16, "padded: self-edit evaluations trained together", minimum=1)
     eval_times: int = flag(1, "repetitions of each self-edit evaluation", minimum=1)
 
@@ -95,8 +96,8 @@ class RunFlags:
     """run"""
 
     out: str = flag(help="run directory")
-    mesh: str | None = flag(None, "ADAPTER,MODEL device mesh (default: one device)")
-    distributed: bool = flag(False, "initialise jax.distributed (multi-host)")
+    distributed: bool = flag(False, "initialise jax.distributed (multi-host; with --mesh over every process's "
+                                    "devices)")
     no_progress: bool = flag(False, "no progress bars")
 
 
@@ -117,7 +118,7 @@ class FidelityFlags:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Common(FidelityFlags, RunFlags, GradingFlags, TTTFlags, SelfEditFlags, ModelFlags):
+class Common(FidelityFlags, RunFlags, MeshFlags, GradingFlags, TTTFlags, SelfEditFlags, ModelFlags):
     """flags every command takes (fields, and --help's groups, in reverse order of the bases: model first)"""
 
 
@@ -183,13 +184,9 @@ class ContinualConfig(Common):
 
 def check(cfg: Common) -> list[str]:
     """Everything wrong with a config, one line each, before any work (the command line prints the first)."""
-    out = model_problems(cfg) + problems(cfg)
+    out = model_problems(cfg) + problems(cfg) + mesh_problems(cfg)
     out += target_problems(lora_targets=cfg.lora_targets,
                            **({"sft_targets": cfg.sft_targets} if isinstance(cfg, RestEMConfig) else {}))
-    if cfg.mesh is not None:
-        parts = cfg.mesh.split(",")
-        if len(parts) != 2 or not all(x.strip().isdigit() and int(x) > 0 for x in parts):
-            out.append(f"--mesh must be ADAPTER,MODEL (two positive integers), got {cfg.mesh!r}")
     return out
 
 
@@ -259,12 +256,10 @@ def load_context(cfg) -> Context:
             and not tokenizer.hf.chat_template:
         raise SystemExit(f"error: --instruct-model needs a tokenizer with a chat template; "
                          f"{cfg.tokenizer or cfg.model} has none")
-    mesh = None
-    if cfg.mesh:
-        from seal_jax import distributed
-        a, m = (int(x) for x in cfg.mesh.split(","))
-        mesh = distributed.make_mesh(a, m)
-        model = distributed.shard_model(model, mesh)
+    bad = mesh_problems(cfg, jax.device_count())  # known once jax.distributed has joined the processes
+    if bad:
+        raise SystemExit(f"error: {bad[0]}")
+    model, mesh = place_model(cfg, model)
     words = {} if prompts is None or cfg.grader == "offline" else {"template": prompts.grade}  # the original's
     if words and cfg.instruct_model and cfg.grader == "llm":  # its instruct judge string (ChatML written out)
         words = {"template": prompts.grade_instruct, "chat": False}
@@ -406,9 +401,11 @@ def jobs_for(passages, k: int, reps: int) -> tuple[list, dict[str, str]]:
 
 
 def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT",
-              unusable: dict[str, str] | None = None) -> list[dict]:
+              unusable: dict[str, str] | None = None, stats: dict | None = None) -> list[dict]:
     """Every job's self-edit evaluation; finished jobs (by key) are read back, the rest streamed through the engine
-    and appended as they finish; `unusable` jobs (key -> reason) are recorded as failed samples without training."""
+    and appended as they finish; `unusable` jobs (key -> reason) are recorded as failed samples without training.
+    stats: filled with the training layout's accounting of the jobs trained by this call (none when all were
+    read back)."""
     from seal_jax.knowledge.ttt import evaluate_stream, failed_record
     unusable = unusable or {}
 
@@ -419,7 +416,7 @@ def ttt_stage(ctx: Context, passages, jobs, path: str, model=None, desc="TTT",
         good = [j for j in todo if j.key not in unusable]
         if good:
             yield from evaluate_stream(model or ctx.model, ctx.tokenizer, passages, good, ctx.ttt, ctx.grade,
-                                       seed=ctx.cfg.seed, mesh=ctx.mesh)
+                                       seed=ctx.cfg.seed, mesh=ctx.mesh, stats=stats)
 
     def on_done(recs, seconds):
         ctx.run.event("ttt_batch", jobs=len(recs), seconds=seconds, seconds_per_self_edit=seconds / max(len(recs), 1))
@@ -451,13 +448,25 @@ def evaluate(ctx: Context, passages, out_dir: str, k: int, reps: int, model=None
         print(f"note: {len(unusable)} of {len(jobs)} self-edit evaluations have no usable self-edit (empty or "
               f"missing); they count as failed samples with reward 0", file=sys.stderr)
     baseline = baseline_stage(ctx, passages, os.path.join(out_dir, "baseline.jsonl"), model)
+    stats: dict = {}
     evals = ttt_stage(ctx, passages, jobs, os.path.join(out_dir, "evals.jsonl"), model, desc=f"{label}TTT",
-                      unusable=unusable)
+                      unusable=unusable, stats=stats)
     results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages),
                                                                      k_completions=k, eval_times=reps))
+    results["training"] = training_record(ctx, stats)
     if is_main():
         write_json(os.path.join(out_dir, "results.json"), results)
     return results
+
+
+def training_record(ctx: Context, stats: dict) -> dict:
+    """How this invocation trained its self-edit adapters: the layout, the mesh and the layout's accounting (token
+    slots computed over every adapter shard, real tokens, useful fraction; the engine's steps, calls and per-shard
+    figures). Jobs read back from an earlier run are not in it."""
+    out = {"layout": ctx.ttt.engine, "mesh": ctx.cfg.mesh, **stats}
+    if stats.get("token_slots"):
+        out["useful_token_fraction"] = round(stats["real_tokens"] / stats["token_slots"], 4)
+    return out
 
 
 def summary_row(name: str, results: dict, which: str) -> dict:

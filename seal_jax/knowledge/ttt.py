@@ -5,9 +5,10 @@ adapters answering their passages' questions together in multi-adapter generatio
 One job = the original's TTT-server request: build the training sequences from the self-edit, fine-tune a fresh LoRA
 on them, answer the passage's questions (without the passage) and grade the answers. Baseline answers are computed
 once per passage (`answer_questions`), not per job. A job whose adapter goes non-finite is a failed sample: every
-answer counts as wrong (reward 0) and the reason is recorded. `TTTConfig.engine="padded"` runs the previous layout
-(K jobs per vmapped batch, rows padded to the batch's longest sequence; `seal_jax.inner_loop`), kept as the
-comparison point and for sharded runs (`mesh`).
+answer counts as wrong (reward 0) and the reason is recorded. With a mesh the engine is sharded (jobs balanced over
+the "adapter" axis, `TTTConfig.slots` per shard) and the finished adapters answer with their rows spread over it.
+`TTTConfig.engine="padded"` runs the previous layout (K jobs per vmapped batch, rows padded to the batch's longest
+sequence; `seal_jax.inner_loop`), kept as the comparison point.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class TTTConfig:
     split_newlines: bool = True
     answer_max_tokens: int = 64
     engine: str = "ragged"  # "ragged" (seal_jax.engine) | "padded" (seal_jax.inner_loop, the comparison point)
-    slots: int = 64  # ragged: the most adapters resident at once (min(slots, jobs): engine.stream_slots)
+    slots: int = 64  # ragged: the most adapters resident at once per adapter shard (engine.stream_slots)
     tokens_per_step: int = 4096  # ragged: the largest packed stream of one optimiser step
     answer_rows: int = 128  # ragged: finished adapters answer once this many questions (or `slots` adapters) wait
     adapters_per_batch: int = 16  # padded: K jobs trained together (the compiled shape; short batches are padded)
@@ -169,7 +170,7 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
     seqs = ([list(s) for s in train_sequences] if train_sequences is not None else
             [build_train_sequences(j.completion, passages[j.passage_index], split_newlines=cfg.split_newlines)
              for j in jobs])
-    if cfg.engine == "padded" or mesh is not None:
+    if cfg.engine == "padded":
         for start in range(0, len(jobs), cfg.adapters_per_batch):
             yield _evaluate_padded(model, tokenizer, passages, list(jobs[start:start + cfg.adapters_per_batch]),
                                    seqs[start:start + cfg.adapters_per_batch], cfg, grade, seed, mesh, stats)
@@ -177,7 +178,7 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     engine = eng.Engine(model, cfg.lora, eng.EngineConfig(
         slots=cfg.slots, max_tokens_per_step=cfg.tokens_per_step, loss_mode=cfg.loss_mode,
-        pad_id=pad_id, max_length=cfg.max_length, compat_length=cfg.max_length))
+        pad_id=pad_id, max_length=cfg.max_length, compat_length=cfg.max_length), mesh=mesh)
     work = [eng.Job(training_examples(tokenizer, s, cfg.loss_mode), _spec(cfg, j.seed(seed)), init_seed=j.seed(seed),
                     key=(j, len(s))) for j, s in zip(jobs, seqs)]
 
@@ -187,14 +188,14 @@ def evaluate_stream(model: Model, tokenizer, passages: Sequence[Passage], jobs: 
     # enough rows for one answer call, or a whole bank's worth of adapters waiting
     yield from seal.evaluate(
         engine, work, lambda batch: _answer_finished(model, tokenizer, passages, [g[0] for g in batch], cfg, grade,
-                                                     seed),
+                                                     seed, mesh),
         ready=lambda batch: questions(batch) >= cfg.answer_rows or len(batch) >= cfg.slots)
     if stats is not None:
         stats.update({k: v for k, v in engine.stats.items() if k != "shapes"})
 
 
 def _answer_finished(model, tokenizer, passages, finished: list[eng.Finished], cfg: TTTConfig, grade,
-                     seed: int) -> list[dict]:
+                     seed: int, mesh=None) -> list[dict]:
     """Answer every finished job's questions with its own adapter in one multi-adapter generate call per
     `answer_rows` rows; failed adapters are not asked (their answers count as wrong)."""
     usable = [f for f in finished if not f.failed]
@@ -210,7 +211,7 @@ def _answer_finished(model, tokenizer, passages, finished: list[eng.Finished], c
         bank += [bank[0]] * (batch_bucket(len(bank)) - len(bank))
         outs = generation.generate(model, prompts, max_new_tokens=cfg.answer_max_tokens,
                                    stop_token_ids=cfg.prompt_format.stop_ids(tokenizer), lora=stack_adapters(bank),
-                                   adapter_ids=owners)
+                                   adapter_ids=owners, mesh=mesh)
         texts = _decode_all(tokenizer, outs)
     answers: dict[int, list[str]] = {a: [] for a in range(len(usable))}
     for a, t in zip(owners, texts):
