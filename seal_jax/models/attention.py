@@ -558,16 +558,19 @@ def _splash(q, k, v, q_segment_ids, kv_segment_ids, q_offset, *, interpret: bool
     return jnp.swapaxes(out, 1, 2)[:, :T].astype(q.dtype)  # [B, T, H, Dh]
 
 
-@functools.lru_cache(maxsize=64)
 def _splash_kernel(num_heads: int, seq_len: int, block: int, interpret: bool):
+    """The splash kernel of a causal mask, built in the trace that calls it. Not cached across traces: its mask-info
+    arrays are arrays of the trace that builds them, and Flax's layer scan traces its body first in a partial-eval
+    pass where even `jax.ensure_compile_time_eval` yields tracers, so a cached kernel leaked them into the real trace
+    (UnexpectedTracerError whenever splash ran inside the model; caught by exporting for TPU,
+    tests/test_export.py). The mask processing is host numpy over (T / block)^2 blocks, once per trace."""
     from jax.experimental.pallas.ops.tpu import splash_attention as sa
 
     mask = sa.MultiHeadMask([sa.CausalMask((seq_len, seq_len)) for _ in range(num_heads)])
     sizes = sa.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     extra = {"interpret": True} if interpret else {}
-    with jax.ensure_compile_time_eval():  # concrete mask-info arrays, so the cached kernel outlives this trace
-        return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, **extra)
+    return sa.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, **extra)
 
 
 _BACKENDS = {"einsum": _einsum, "xla": _xla, "cudnn": _cudnn, "splash": _splash, "blockwise": _blockwise}
