@@ -196,8 +196,16 @@ def _fresh(model_cfg, lora_cfg: LoraConfig, seed):
     return init_lora(model_cfg, lora_cfg, jax.random.PRNGKey(seed)).weights
 
 
+def _finite_slots(weights) -> jax.Array:
+    """[K] bool: every LoRA weight of slot k is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(w).reshape(w.shape[0], -1), axis=1)
+                              for w in jax.tree.leaves(weights)]), axis=0)
+
+
 def _admit(model_cfg, state: SlotState, reset, seeds) -> SlotState:
-    """Slots with reset[k] get a fresh adapter from seeds[k], zero AdamW state, step 0, not failed."""
+    """Slots with reset[k] get a fresh adapter from seeds[k], zero AdamW state, step 0, no flags; an adapter whose
+    weights are not finite is failed at once (it never enters the stream: updates are applied only when finite, so
+    admission is where non-finite weights could come in)."""
     lora_cfg = state.lora.config
 
     def renew(st):
@@ -205,8 +213,9 @@ def _admit(model_cfg, state: SlotState, reset, seeds) -> SlotState:
         keep = lambda new, old: jax.tree.map(
             lambda n, o: jnp.where(reset.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
         opt = jax.vmap(optim.init_state)(fresh)
+        unusable = reset & ~_finite_slots(fresh)
         return SlotState(Lora(lora_cfg, keep(fresh, st.lora.weights)), keep(opt, st.opt_state),
-                         jnp.where(reset, 0, st.step), st.failed & ~reset, st.diverged & ~reset)
+                         jnp.where(reset, 0, st.step), (st.failed & ~reset) | unusable, st.diverged & ~reset)
 
     return jax.lax.cond(jnp.any(reset), renew, lambda st: st, state)
 
@@ -774,7 +783,7 @@ class Engine:
             failure = (f"diverged at optimiser step {steps} of {len(a.batches)}: the update's norm exceeded "
                        f"{DIVERGED:g} x (the weights' norm + 1); the adapter holds its weights before that step")
         elif failed:
-            failure = f"non-finite loss or gradient at optimiser step {steps} of {len(a.batches)}"
+            failure = f"non-finite weights, loss or gradient at optimiser step {steps} of {len(a.batches)}"
         return Finished(a.index, a.job, lora, steps, len(a.batches), a.losses, a.grad_norms, a.real_tokens,
                         failed, failure)
 

@@ -272,19 +272,42 @@ def _record_calls(monkeypatch):
     return calls
 
 
-def test_nan_adapter_packed_in_one_row_with_healthy_ones(model, monkeypatch):
-    """Three jobs whose sequences share one 64-token row, job 1's adapter nan: job 1 fails at its first step, and
-    its row neighbours (whose first targets follow its last token, and whose rows keep holding its tokens for the
-    rest of the call) equal training alone."""
+def _one_row_jobs():
     rng = np.random.default_rng(7)
-    jobs = [eng.Job(_examples(rng, 3, lo=6, hi=14), il.TrainSpec(epochs=2, seed=i), init_seed=200 + i)
+    return [eng.Job(_examples(rng, 3, lo=6, hi=14), il.TrainSpec(epochs=2, seed=i), init_seed=200 + i)
             for i in range(3)]
+
+
+ONE_ROW = eng.EngineConfig(slots=3, row_length=64, max_tokens_per_step=64, steps_per_call=8)
+
+
+@pytest.mark.parametrize("lora_backend", ["tiled", "ragged_dot", "dense"])
+def test_nan_adapter_fails_at_admission_beside_healthy_ones(model, monkeypatch, lora_backend):
+    """Three jobs whose sequences share one 64-token row, job 1's adapter nan from its initialisation: it fails at
+    admission (step 0, the reason says so) and its row neighbours equal training alone, with every LoRA backend
+    (dense multiplies every token by every adapter's weights, ragged_dot's CPU expansion too)."""
+    model = seal_jax.Model(model.config.replace(lora_backend=lora_backend), model.params)
     _poison(monkeypatch, [201])
+    try:
+        out = {d.index: d for d in eng.Engine(model, LORA, ONE_ROW).run(_one_row_jobs())}
+    finally:
+        jax.clear_caches()
+    assert out[1].failed and out[1].steps == 0 and out[1].losses == [] and "non-finite" in out[1].failure
+    for i in (0, 2):
+        assert not out[i].failed
+        _assert_equal_alone(model, out[i])
+
+
+def test_adapter_going_nan_in_the_stream_leaves_its_row_neighbours_alone(model, monkeypatch):
+    """The same row, with the admission check off so that job 1's nan adapter is in the stream, as an adapter whose
+    values go non-finite during a step: it fails at its first step, and its row neighbours (whose first targets
+    follow its last token, and whose rows keep holding its tokens for the rest of the call) equal training alone."""
+    jobs = _one_row_jobs()
+    _poison(monkeypatch, [201])
+    monkeypatch.setattr(eng, "_finite_slots", lambda w: jnp.ones(jax.tree.leaves(w)[0].shape[0], bool))
     calls = _record_calls(monkeypatch)
     try:
-        e = eng.Engine(model, LORA, eng.EngineConfig(slots=3, row_length=64, max_tokens_per_step=64,
-                                                     steps_per_call=8))
-        out = {d.index: d for d in e.run(jobs)}
+        out = {d.index: d for d in eng.Engine(model, LORA, ONE_ROW).run(jobs)}
     finally:
         jax.clear_caches()
     data, n = calls[0][:2]

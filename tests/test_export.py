@@ -4,8 +4,8 @@ before any device is lent.
 
 Exported, for both model families' tiny configs (tiny-qwen2: qkv bias, untied head; tiny-llama: llama3 RoPE, tied
 head; both grouped-query attention): the engine's training call (`engine._run_call`) with every attention backend
-that lowers for the platform (TPU: splash, blockwise, xla; CUDA: blockwise, xla) and both LoRA backends (tiled,
-ragged_dot); the SFT step (`sft._step`); prefill and the decode loop (`generation._prefill`, `generation._decode`)
+that lowers for the platform (TPU: splash, blockwise, xla; CUDA: blockwise, xla) and every LoRA backend (tiled,
+ragged_dot, dense); the SFT step (`sft._step`); prefill and the decode loop (`generation._prefill`, `generation._decode`)
 with a multi-adapter bank. Attention is chosen as it would be on the device (`attention._platform` answers the target
 platform while tracing), and the test checks the backend asked for is the one traced.
 
@@ -60,7 +60,7 @@ def _selected(model: Model, platform: str) -> str:
 
 
 CASES = [(p, preset, a, lb) for p in PLATFORMS for preset in ("tiny-qwen2", "tiny-llama") for a in ATTENTION[p]
-         for lb in ("tiled", "ragged_dot")]
+         for lb in ("tiled", "ragged_dot", "dense")]
 
 
 @pytest.mark.parametrize("platform,preset,attention,lora_backend", CASES)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from seal_jax.models.grouped import BACKENDS as LORA_BACKENDS
+
 SUPPORTED_ARCHITECTURES = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
 ATTENTION_IMPLEMENTATIONS = ("auto", "einsum", "xla", "cudnn", "splash", "blockwise")  # see seal_jax/models/attention.py
 
@@ -49,7 +51,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    # How a ragged multi-adapter token stream applies LoRA (seal_jax.models.grouped): auto | tiled | ragged_dot.
+    # How a ragged multi-adapter token stream applies LoRA (seal_jax.models.grouped): auto | tiled | ragged_dot | dense.
     lora_backend: str = "auto"
     remat: bool = False  # rematerialise each layer in the backward pass
     attention: str = "auto"  # attention backend (ATTENTION_IMPLEMENTATIONS); a runtime choice, not in config.json
@@ -59,8 +61,8 @@ class ModelConfig:
             raise ConfigError(f"unsupported model family {self.family!r} (supported: qwen2, llama)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.lora_backend not in ("auto", "tiled", "ragged_dot"):
-            raise ConfigError(f"unknown lora_backend {self.lora_backend!r} (auto, tiled or ragged_dot)")
+        if self.lora_backend not in LORA_BACKENDS:
+            raise ConfigError(f"unknown lora_backend {self.lora_backend!r} (allowed: {', '.join(LORA_BACKENDS)})")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ConfigError(f"unknown attention {self.attention!r} (allowed: {', '.join(ATTENTION_IMPLEMENTATIONS)})")
 

@@ -18,7 +18,13 @@ Backends (`lora_backend` of the model config):
   "ragged_dot"  `jax.lax.ragged_dot` over the group-ordered weights a[group_ids] (grouped-matmul kernels on TPU,
                 and on GPU with jax_ragged_dot_use_gpu_pallas_triton_lowering; XLA:CPU expands it densely, G x the
                 work, so it is for accelerators and tests only).
-Both give the same values (tests/models/test_grouped.py), and gradients flow to every adapter's own A and B.
+  "dense"       every token against all K adapters at once: h = x @ [A_1 .. A_K] [N, K r], each token's h kept only
+                in its own adapter's r columns (a select), then y = h @ [B_1; ..; B_K] scaled per column. Two plain
+                matmuls, K x the LoRA work: cheap while K r stays small beside the layer's width, and no gathers or
+                grouped kernels (GPUs, where stock ragged_dot is reported to expand densely anyway). Non-finite
+                weights are zeroed first (every token meets every adapter's A and B: 0 * nan = nan); the engine
+                never trains an adapter with non-finite weights (it fails it at admission).
+All give the same values (tests/models/test_grouped.py), and gradients flow to every adapter's own A and B.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "tiled", "ragged_dot")
+BACKENDS = ("auto", "tiled", "ragged_dot", "dense")
 
 
 def resolve_backend(backend: str) -> str:
@@ -99,6 +105,17 @@ def _ragged_dot(x, a, b, scale, group_ids, group_sizes):
     return y * s[:, None]
 
 
+def _dense(x, a, b, scale, group_ids, group_sizes):
+    N = x.shape[0]
+    K, d_in, r = a.shape
+    tok = token_groups(group_ids, group_sizes, N)  # [N] adapter of each token (-1: none)
+    finite = lambda w: jnp.where(jnp.isfinite(w), w, 0.0)  # noqa: E731
+    h = jnp.einsum("nd,dc->nc", x, finite(jnp.moveaxis(a, 0, 1).reshape(d_in, K * r)))  # [N, K*r]
+    own = (jnp.arange(K * r)[None, :] // r) == tok[:, None]  # [N, K*r]: the token's own adapter's columns
+    h = jnp.where(own, h * jnp.repeat(scale, r)[None, :], 0.0)
+    return jnp.einsum("nc,co->no", h, finite(b.reshape(K * r, -1)))  # [N, out]
+
+
 def grouped_lora(x, a, b, scale, group_ids, group_sizes, backend: str = "auto"):
     """The LoRA term of a grouped token stream (see the module docstring): x [N, in] -> [N, out] in a's dtype."""
     x = x.astype(a.dtype)
@@ -107,4 +124,6 @@ def grouped_lora(x, a, b, scale, group_ids, group_sizes, backend: str = "auto"):
         return _tiled(x, a, b, scale, group_ids, group_sizes, tile_size(x.shape[0], group_sizes.shape[0]))
     if backend == "ragged_dot":
         return _ragged_dot(x, a, b, scale, group_ids, group_sizes)
+    if backend == "dense":
+        return _dense(x, a, b, scale, group_ids, group_sizes)
     raise ValueError(f"unknown LoRA backend {backend!r} (choose from {', '.join(BACKENDS)})")

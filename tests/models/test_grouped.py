@@ -1,5 +1,5 @@
-"""Grouped (ragged) LoRA: tiled == ragged_dot == a per-token reference, values and gradients; the model's ragged
-form equals running each adapter's tokens alone."""
+"""Grouped (ragged) LoRA: tiled == ragged_dot == dense == a per-token reference, values and gradients; the model's
+ragged form equals running each adapter's tokens alone."""
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +42,7 @@ def test_backends_match_reference(n, ids, sizes):
     scale = jnp.asarray([0.5, 2.0, 1.5], jnp.float32)
     gi, gs = jnp.asarray(ids, jnp.int32), jnp.asarray(sizes, jnp.int32)
     ref = _reference(x, a, b, np.asarray(scale), ids, sizes)
-    for backend in ("tiled", "ragged_dot"):
+    for backend in ("tiled", "ragged_dot", "dense"):
         got = np.asarray(jax.jit(lambda *z: grouped_lora(*z, backend=backend))(x, a, b, scale, gi, gs))
         assert np.abs(got - ref).max() < 1e-4, backend
 
@@ -50,9 +50,10 @@ def test_backends_match_reference(n, ids, sizes):
         return lambda a, b, x: jnp.sum(jnp.sin(grouped_lora(x, a, b, scale, gi, gs, backend)))
 
     g_t = jax.grad(loss("tiled"), argnums=(0, 1, 2))(a, b, x)
-    g_r = jax.grad(loss("ragged_dot"), argnums=(0, 1, 2))(a, b, x)
-    for u, v in zip(g_t, g_r):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-4)
+    for other in ("ragged_dot", "dense"):
+        g_r = jax.grad(loss(other), argnums=(0, 1, 2))(a, b, x)
+        for u, v in zip(g_t, g_r):
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-4, atol=1e-4, err_msg=other)
     # an adapter that owns no token gets exactly zero gradient
     unused = [k for k in range(K) if not any(i == k and s > 0 for i, s in zip(ids, sizes))]
     for k in unused:
@@ -94,7 +95,7 @@ def test_model_ragged_form_equals_each_adapter_alone():
         ids.append(-1)
         sizes.append(T - used)
     assert len(seqs) == len(placed)
-    for backend in ("tiled", "ragged_dot"):
+    for backend in ("tiled", "ragged_dot", "dense"):
         m = seal_jax.Model(model.config.replace(lora_backend=backend), model.params)
         tree = lora.ragged_tree(jnp.asarray(ids), jnp.asarray(sizes))
         logits = np.asarray(jax.jit(lambda m, t, p, s, tr: m.apply(t, p, s, lora=tr)[0])(m, tokens, pos, seg, tree))
