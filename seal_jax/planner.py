@@ -147,34 +147,65 @@ _ENGINE = {"state": 2.956, "layer": 6.326, "logits": 1.694, "tiles": 0.0, "score
 
 def plan_engine(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_length: int,
                 steps_per_call: int = 8, dtype: str = "bfloat16", max_batch: int = 1,
-                attention: str | None = None, platform: str | None = None) -> MemoryPlan:
+                attention: str | None = None, platform: str | None = None,
+                mesh: tuple[int, int] = (1, 1)) -> MemoryPlan:
     """Per-device estimate for one call of the ragged engine (`seal_jax.engine`) with rematerialised layers (the
-    engine's policy for models that need it; see `engine_remat`): K = `slots` resident adapters (fp32 weights and
-    AdamW moments; their gradients), the call's packed data ([steps, rows, row_length]), the frozen weights, and one
-    global step's temporaries over N = rows x row_length tokens. `attention` (default: the config's) and `platform`
-    ("cpu" | "gpu" | "tpu"; default: this process's) decide the attention backend the call gets
-    (`attention.select_implementation`): einsum and xla hold fp32 scores [rows, H, T, T] of one layer; blockwise,
-    cudnn and splash do not."""
-    t = engine_terms(cfg, lora, slots, rows, row_length, dtype, max_batch, attention, platform)
+    engine's policy for models that need it; see `engine_remat`): K = `slots` resident adapters per adapter shard
+    (fp32 weights and AdamW moments; their gradients), the shard's packed data ([steps, rows, row_length]), the frozen
+    weights, and one global step's temporaries over N = rows x row_length tokens. On a mesh (A, M) every device of an
+    adapter shard holds that shard's slots and data; the weights, and the heads / MLP / vocabulary parts of the
+    temporaries, are split over M as the sharding rules split them (a size that does not divide stays whole).
+    `attention` (default: the config's) and `platform` ("cpu" | "gpu" | "tpu"; default: this process's) decide the
+    attention backend the call gets (`attention.select_implementation`): einsum and xla hold fp32 scores
+    [rows, H, T, T] of one layer; blockwise, cudnn and splash do not."""
+    t = engine_terms(cfg, lora, slots, rows, row_length, dtype, max_batch, attention, platform, mesh[1])
     temps = t["saved"] + sum(_ENGINE[k] * t[k] for k in _ENGINE)
     state = t["state"]
     data = steps_per_call * (rows * row_length * 6 * 4 + 2 * t["groups"] * 4 + slots)
-    return MemoryPlan(what=f"engine call: {slots} adapter slots, {rows} x {row_length}-token streams", mesh=(1, 1),
-                      weights=weight_bytes(cfg, (1, 1), dtype), adapters=state, optimizer=2 * state, data=data,
-                      activations=int(temps))
+    return MemoryPlan(what=f"engine call: {slots} adapter slots, {rows} x {row_length}-token streams per adapter "
+                           f"shard", mesh=tuple(mesh), weights=weight_bytes(cfg, tuple(mesh), dtype), adapters=state,
+                      optimizer=2 * state, data=data, activations=int(temps))
+
+
+def engine_fits(cfg: ModelConfig, lora: LoraConfig, budget_bytes: int, slots: int, rows: int, row_length: int,
+                mesh: tuple[int, int] = (1, 1), margin: float = 0.10, **kw) -> dict:
+    """What fits one device of `budget_bytes` (less `margin`) on `mesh`, the others held as given: the most slots
+    per adapter shard at rows x row_length, the most rows of row_length at `slots` (0: none), whether the call fits,
+    and whether the engine rematerialises its layers there (`engine_remat`; the estimate assumes it does)."""
+    usable = budget_bytes * (1 - margin)
+    total = lambda k, r, c=cfg: plan_engine(c, lora, k, r, row_length, mesh=mesh, **kw).total  # noqa: E731
+
+    def most(f, hi=1 << 20) -> int:
+        if f(1) > usable:
+            return 0
+        lo = 1
+        while lo < hi and f(min(2 * lo, hi)) <= usable:
+            lo = min(2 * lo, hi)
+        top = min(2 * lo, hi)
+        while top - lo > 1:
+            mid = (lo + top) // 2
+            lo, top = (mid, top) if f(mid) <= usable else (lo, mid)
+        return lo
+
+    return {"max_slots": most(lambda k: total(k, rows)), "max_rows": most(lambda r: total(slots, r)),
+            "fits": total(slots, rows) <= usable,
+            "remat": engine_remat(cfg, rows * row_length, kw.get("dtype", "bfloat16"), budget_bytes)}
 
 
 def engine_terms(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_length: int,
                  dtype: str = "bfloat16", max_batch: int = 1, attention: str | None = None,
-                 platform: str | None = None) -> dict[str, int]:
+                 platform: str | None = None, model_shards: int = 1) -> dict[str, int]:
     """The raw byte counts `plan_engine` weighs by `_ENGINE` (and `saved`, counted once; `groups`: the call's
-    ragged group count). `benchmarks/fit_engine_memory.py` refits the weights against XLA from these."""
+    ragged group count), per device of a `model_shards`-way "model" axis. `benchmarks/fit_engine_memory.py` refits
+    the weights against XLA from these."""
     from seal_jax.engine import group_bound
     from seal_jax.losses import chunk_size
     K, R, T, N = slots, rows, row_length, rows * row_length
     item = _ITEMSIZE[dtype]
-    D, F, H, Kv, Dh, V = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                          cfg.vocab_size)
+    M = model_shards
+    D, Dh = cfg.hidden_size, cfg.head_dim
+    H, Kv = _split(cfg.num_heads, M), _split(cfg.num_kv_heads, M)
+    F, V = _split(cfg.intermediate_size, M), _split(cfg.vocab_size, M)
     Gm = group_bound(K, max_batch, R, T)
     # the tiled LoRA backend gathers each tile's adapter weights (fp32), and their gradients, for one layer
     tiles = 0
@@ -183,9 +214,10 @@ def engine_terms(cfg: ModelConfig, lora: LoraConfig, slots: int, rows: int, row_
         P = N // tile_size(N, Gm) + Gm + 1
         tiles = 2 * P * sum(lora.rank * (shapes[t][0] + shapes[t][1]) for t in lora.targets) * 4
     return {"state": num_lora_params(cfg, lora) * 4 * K,  # fp32 adapters
-            "layer": N * (D + (H + 2 * Kv) * Dh + F) * item,
-            "scores": R * H * T * T * 4 if _backend(cfg, attention, R, T, dtype, platform) in ("einsum", "xla") else 0,
-            "logits": chunk_size(N, V) * V * 4,
+            "layer": int(N * (D + (H + 2 * Kv) * Dh + F) * item),
+            "scores": int(R * H * T * T * 4) if _backend(cfg, attention, R, T, dtype, platform) in ("einsum", "xla")
+            else 0,
+            "logits": int(chunk_size(N, cfg.vocab_size) * V * 4),  # one chunk's logits, the vocabulary split
             "tiles": tiles,
             "saved": cfg.num_layers * N * D * item,  # each layer's input, kept for the backward pass
             "groups": Gm}

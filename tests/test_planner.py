@@ -64,6 +64,40 @@ def test_engine_estimate_within_20_percent_of_xla(preset, K, R, T, lora):
     assert abs(est - xla) / xla < 0.20
 
 
+def test_sharded_engine_estimate_within_20_percent_of_xla():
+    """Per device on meshes (2, 2), (1, 4), (4, 1): XLA's analysis of the sharded call (tests/planner_mesh.py, on 4
+    simulated CPU devices)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from tests.conftest import cpu_devices_env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "tests.planner_mesh"], cwd=root, env=cpu_devices_env(4),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) == 4
+    for r in rows:
+        print(r)
+        assert abs(r["planner"] - r["xla"]) / r["xla"] < 0.20, r
+
+
+def test_engine_fits_says_the_most_slots_and_rows():
+    cfg = seal_jax.get_preset("qwen2.5-7b").replace(remat=True)
+    lora = LoraConfig(rank=32, alpha=64.0, targets=("q", "v"))
+    budget = planner.device_memory("v5e")
+    fit = planner.engine_fits(cfg, lora, budget, 64, 8, 512, mesh=(4, 4))
+    usable = 0.9 * budget
+    total = lambda k, r: planner.plan_engine(cfg, lora, k, r, 512, mesh=(4, 4)).total  # noqa: E731
+    assert not fit["fits"] and 0 < fit["max_slots"] < 64 and fit["remat"]
+    assert total(fit["max_slots"], 8) <= usable < total(fit["max_slots"] + 1, 8)
+    assert fit["max_rows"] == 0 and total(64, 1) > usable  # 64 slots alone do not fit one v5e chip
+    one = planner.engine_fits(cfg, lora, planner.device_memory("H100"), 64, 8, 512)
+    assert one["fits"] and one["max_slots"] > 64 and one["max_rows"] > 8
+    assert total(64, 8) < planner.plan_engine(cfg, lora, 64, 8, 512).total  # the model axis splits the weights
+
+
 def test_engine_remat_where_it_pays():
     qwen7 = seal_jax.get_preset("qwen2.5-7b")
     assert planner.engine_remat(qwen7, 4096, budget_bytes=planner.device_memory("H100"))
