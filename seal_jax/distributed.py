@@ -23,7 +23,7 @@ from seal_jax.models.model import Model
 from seal_jax.sharding import logical_to_spec, make_mesh, param_shardings
 
 __all__ = ["initialize", "is_main_process", "barrier", "make_mesh", "put", "shard_model", "shard_lora",
-           "adapter_sharding", "shard_adapter_tree", "gather"]
+           "adapter_sharding", "shard_adapter_tree", "gather", "from_main"]
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -86,6 +86,21 @@ def shard_lora(lora: Lora, mesh: Mesh) -> Lora:
     if lora.num_adapters is None:
         return Lora(lora.config, jax.tree.map(lambda a: put(a, NamedSharding(mesh, P())), lora.weights))
     return Lora(lora.config, shard_adapter_tree(lora.weights, mesh))
+
+
+def from_main(obj: Any) -> Any:
+    """Process 0's value of a JSON-serialisable object, on every process (itself in a single-process run). A
+    multi-host run decides what is left to do from process 0's files only: the other processes may see other files
+    (their own disks) or the same files mid-write (a shared one), and every process must run the same programs."""
+    if jax.process_count() == 1:
+        return obj
+    import json
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if jax.process_index() == 0 else np.zeros(0, np.uint8)
+    n = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
+    buf = np.zeros(n, np.uint8)
+    buf[:len(data)] = data
+    return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf))).decode())
 
 
 def gather(tree: Any) -> Any:

@@ -439,8 +439,7 @@ class _Shard:
         return [k for k, a in enumerate(self.slots) if a is not None and not a.done]
 
     def longest_ahead(self) -> int:
-        """The longest sequence the next call can pack: in the live slots' next steps_per_call batches (a slot takes
-        at most one step per global step)."""
+        """The longest sequence in the live slots' next batches (what the next global step may pack)."""
         return max((len(a.seqs[i].tokens) for a in (self.slots[k] for k in self.live())
                     for i in a.batches[a.step]), default=1)
 
@@ -851,8 +850,9 @@ def _account(stats: dict, call: _Call) -> None:
     stats["calls"] += 1
     stats["global_steps"] += len(call.steps)
     stats["token_slots"] += len(call.steps) * A * call.R * call.T
-    stats["real_tokens"] += call.real_tokens
-    for a, n in enumerate(call.shard_real_tokens):
+    own = call.shard_real_tokens
+    stats["real_tokens"] += sum(own)
+    for a, n in enumerate(own):
         stats["shard_real_tokens"][a] += n
         stats["shard_busy_slots"][a] += sum(bool(s["stepping"][a].any()) for s in call.steps) * call.R * call.T
     stats["shapes"][call.shape] += 1

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from seal_jax.buckets import batch_bucket, bucket
+from seal_jax.distributed import gather, put
 from seal_jax.models.model import Model
 from seal_jax.models.transformer import init_cache
 
@@ -155,7 +156,6 @@ def _validate(prompts, vocab_size: int) -> list[list[int]]:
 
 def _place_rows(mesh, cfg, B: int, S: int, dtype, row_arrays: dict):
     """Rows spread over the mesh's "adapter" axis (when it divides B); the cache born sharded the same way."""
-    from seal_jax.distributed import put
     from seal_jax.sharding import logical_to_spec
     rows = {k: put(np.asarray(v), NamedSharding(mesh, logical_to_spec(("batch",) + ("_",) * (np.ndim(v) - 1),
                                                                      np.shape(v), mesh)))
@@ -229,7 +229,6 @@ def _run(model: Model, lora, row_adapters: np.ndarray | None, prompts: list[list
         logits, cache = _prefill(model, lora, groups, rows["tokens"], rows["pos"], rows["seg"], cache)
         out, n_gen = decode_windows(model, lora, groups, cache, logits, rows["lengths"], rows["keys"], rows["temps"],
                                     rows["tops"], rows["budgets"], jnp.asarray(stop_ids), rows["out"])
-    from seal_jax.distributed import gather
     out, n_gen = gather((out, n_gen))
     result: list[list[int]] = [[] for _ in range(B)]
     for i, row in enumerate(order):
@@ -249,7 +248,8 @@ def decode_windows(model: Model, lora, groups, cache, logits, lengths, keys, tem
     while True:
         state, cache = _decode(model, lora, groups, cache, state, lengths, jnp.int32(P), temperature, top_p, max_new,
                                stop_ids)
-        if int(state[0]) >= N or bool(jnp.all(state[3])):
+        t, done = gather((state[0], state[3]))  # host values, from a global array in a multi-host run too
+        if int(t) >= N or bool(np.all(done)):
             return state[2], state[4]
         S = P + min(N, 2 * (S - P))  # some row is still generating: double the window
         cache = _grow(cache, S)

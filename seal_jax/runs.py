@@ -9,7 +9,8 @@ A run directory is the unit of resumption, with these guarantees:
     on disk are dropped on read, keeping the first, with a warning);
   * one writer per directory: `RunDir` holds an advisory lock (`run.lock`, released by the OS when the process dies,
     kill -9 included) for the process's life; a second run on the same directory stops at once with a one-line error
-    naming the holder's pid. Paths are compared after resolving (`./x` and `x` are the same directory);
+    naming the holder's pid. Paths are compared after resolving (`./x` and `x` are the same directory). In a
+    multi-host run only process 0 writes (and locks); the others take what is finished from it (`resume_stream`);
   * a directory created with another configuration is refused rather than silently mixed, unless it holds no work
     yet (a run that failed at start-up does not block the corrected command).
 """
@@ -45,10 +46,16 @@ class RunDir:
     progress bars, the output folder, checkpoint cadence, work budgets). Config values that are existing paths are
     compared resolved."""
 
-    def __init__(self, path: str, config: dict, resume_free: Iterable[str] = ("no_progress", "out")):
+    def __init__(self, path: str, config: dict, resume_free: Iterable[str] = ("no_progress", "out"),
+                 writer: bool = True):
         self.path = os.path.realpath(path)
         self.resume_free = frozenset(resume_free)
+        self.writer = writer
         os.makedirs(self.path, exist_ok=True)
+        _OPEN_RUN[0] = self
+        self._lock = None
+        if not writer:  # a non-writing process of a multi-host run: process 0 locks, checks and writes
+            return
         self._lock = _acquire(os.path.join(self.path, "run.lock"))
         cfg_path = os.path.join(self.path, "config.json")
         config = {k: _canonical(v) for k, v in config.items()}
@@ -66,7 +73,6 @@ class RunDir:
                 if _canonical(old[k]) != v:
                     raise RunDirError(f"{path} holds a run with {k}={old[k]!r} (asked {v!r}); use another --out")
         write_json(cfg_path, config)
-        _OPEN_RUN[0] = self
 
     def _has_work(self) -> bool:
         return any(name not in _BOOKKEEPING and not name.endswith(".tmp") for name in os.listdir(self.path))
@@ -98,7 +104,8 @@ class RunDir:
         return text
 
     def event(self, kind: str, **data) -> None:
-        append_jsonl(self.file("events.jsonl"), [{"time": time.time(), "event": kind, **data}])
+        if self.writer:
+            append_jsonl(self.file("events.jsonl"), [{"time": time.time(), "event": kind, **data}])
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -358,6 +365,15 @@ def resume_records(path: str, items: Sequence, *, key: Callable[[Any], str], rec
                          no_progress=no_progress, write=write, on_done=on_done)
 
 
+def _agreed(value):
+    """Process 0's `value` on every process of a multi-host run (`distributed.from_main`); the value itself in a
+    single-process run (without importing jax)."""
+    if "jax" not in sys.modules:
+        return value
+    from seal_jax.distributed import from_main
+    return from_main(value)
+
+
 def _log_records(path: str, record_key: str, keys: list) -> None:
     """A `records` event in the open run's log after each durable append (file relative to the run, the key field,
     the keys), so that what a run computed, across kills and resumptions, can be counted from events.jsonl."""
@@ -373,7 +389,7 @@ def resume_stream(path: str, items: Sequence, *, key: Callable[[Any], str], reco
     """`resume_records` for work that streams: ``work(todo)`` yields lists of finished records in any order (e.g. the
     ragged engine's jobs as they finish); each list is appended (fsynced) as soon as it arrives, so a killed run loses
     only the work in flight. ``on_done(records, seconds since the previous list)`` runs after each append."""
-    done = {r[record_key]: r for r in read_jsonl(path, key=record_key)}
+    done = {r[record_key]: r for r in _agreed(read_jsonl(path, key=record_key) if write else [])}
     todo = [x for x in items if key(x) not in done]
     from tqdm import tqdm
     with tqdm(total=len(todo), desc=desc, disable=no_progress, leave=False) as bar:

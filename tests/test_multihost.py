@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import cpu_devices_env
 
-pytestmark = pytest.mark.slow(minutes=1)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
+pytestmark = pytest.mark.slow(minutes=5)  # its time in a parallel run: runs first, longest first (tests/conftest.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = ["-m", "experiments.inner_loop_job", "--preset", "tiny-llama", "--adapters", "4", "--examples", "2",
@@ -67,6 +67,71 @@ def test_sharded_engine_on_two_processes_equals_one_device():
     r = result["(4, 2)"]
     assert r["weights"] < 1e-5 and r["losses"] < 1e-5, r
     assert r["failed"] == result["reference"]["failed"] == [5, 13] and r["same_failures"] and r["same_real_tokens"]
+
+
+def _knowledge_eval(out: str, devices: int, processes: int = 1) -> list[tuple[str, str]]:
+    """`knowledge_incorporation eval --mesh 4,2` on the demo model and world: one process of 8 devices, or
+    `processes` of 4 joined on localhost; returns each process's (stdout, stderr)."""
+    from seal_jax import demo_world
+    from tests.conftest import DEMO_MODEL
+    data = os.path.join(os.path.dirname(out), "world")
+    if not os.path.exists(os.path.join(data, "eval.json")):
+        demo_world.write_seal_files(demo_world.build_world(0), data)
+    cmd = [sys.executable, "-m", "experiments.knowledge_incorporation", "eval", "--model", DEMO_MODEL, "--dtype",
+           "float32", "--data", os.path.join(data, "eval.json"), "--n-passages", "4", "--k", "1",
+           "--max-self-edit-tokens", "48", "--loss-mode", "all", "--lora-targets", "q,v", "--epochs", "2",
+           "--answer-max-tokens", "16", "--no-progress", "--mesh", "4,2", "--out", out]
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        env = cpu_devices_env(devices)
+        if processes > 1:
+            cmd_i = cmd + ["--distributed"]
+            env.update(SEAL_COORDINATOR=f"127.0.0.1:{port}", SEAL_NUM_PROCESSES=str(processes), SEAL_PROCESS_ID=str(i))
+        else:
+            cmd_i = cmd
+        procs.append(subprocess.Popen(cmd_i, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    return outs
+
+
+def _evals(out: str) -> dict[str, dict]:
+    with open(os.path.join(out, "evals.jsonl")) as f:
+        return {r["key"]: r for r in map(json.loads, f)}
+
+
+def test_knowledge_eval_on_two_processes(tmp_path):
+    """A sharded knowledge eval over 2 processes x 4 devices sharing one run directory: process 0 writes, both
+    agree on what is left (process 0's files), the records equal one process of 8 devices, and a rerun after losing
+    two records trains exactly those two."""
+    multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+    _knowledge_eval(multi, 4, processes=2)
+    _knowledge_eval(single, 8)
+    a, b = _evals(multi), _evals(single)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for k in a:
+        assert a[k]["answers"] == b[k]["answers"] and a[k]["correct"] == b[k]["correct"], k
+        assert abs(a[k]["final_loss"] - b[k]["final_loss"]) < 1e-4, k
+    res = json.load(open(os.path.join(multi, "results.json")))
+    assert res["training"] == {"layout": "ragged", "mesh": "4,2"}
+    (trained,) = [e for e in map(json.loads, open(os.path.join(multi, "events.jsonl"))) if e["event"] == "training"]
+    assert trained["shards"] == 4 and trained["real_tokens"] > 0  # written once: process 0 only
+    assert res["overall"] == json.load(open(os.path.join(single, "results.json")))["overall"]
+    with open(os.path.join(multi, "evals.jsonl")) as f:
+        lines = f.readlines()
+    with open(os.path.join(multi, "evals.jsonl"), "w") as f:
+        f.writelines(lines[:2])
+    _knowledge_eval(multi, 4, processes=2)
+    again = _evals(multi)
+    assert sorted(again) == sorted(a)
+    for k in a:
+        assert again[k]["answers"] == a[k]["answers"] and abs(again[k]["final_loss"] - a[k]["final_loss"]) < 1e-4
+    trained = [e["jobs"] for e in map(json.loads, open(os.path.join(multi, "events.jsonl")))
+               if e["event"] == "ttt_batch"]
+    assert sum(trained) == 6  # 4 the first time, the 2 lost ones the second
 
 
 def test_killed_job_resumes_from_its_checkpoint(tmp_path):

@@ -243,6 +243,15 @@ def test_launch_dry_run(no_gcloud):
     assert "< /dev/null &" in command and "logs/latest.worker$W.log" in command
 
 
+def test_launch_a_sharded_knowledge_eval(no_gcloud):
+    """The README's pod-slice example: the subcommand and its flags reach every worker, --distributed appended."""
+    (argv,) = dry("launch.sh", "--module", "knowledge_incorporation", "--", "eval", "--model", "/mnt/qwen2.5-7b",
+                  "--data", "/mnt/squad_val.json", "--mesh", "4,4", "--out", "runs/eval-7b", env=no_gcloud)
+    assert "--worker=all" in argv
+    assert (".venv/bin/python -m experiments.knowledge_incorporation eval --model /mnt/qwen2.5-7b --data "
+            "/mnt/squad_val.json --mesh 4,4 --out runs/eval-7b --distributed >>") in command_of(argv)
+
+
 def test_launch_flags_string_env_and_no_distributed(no_gcloud):
     env = {**no_gcloud, "TPU_MODULE": "experiments.bench_inner_loop", "TPU_FLAGS": "--json --adapters 1,4"}
     proc = run("launch.sh", "--dry-run", "--env", "A=b c", env=env)

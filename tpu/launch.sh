@@ -16,7 +16,8 @@ Module flags come from --flags (one string, split by the remote shell) and/or ev
 quoted as given). Relative paths in them (e.g. --out runs/x) are relative to --remote-dir. Only process 0 writes
 results; fetch them from worker 0 with tpu/fetch.sh. Re-running the same command after a stop or preemption resumes."
 KIT_POSITIONAL="[-- MODULE_FLAGS...]"
-KIT_EXAMPLES="  $KIT_SCRIPT --module inner_loop_job -- --preset small-qwen2 --adapters 64 --mesh 8,1 --out runs/inner-64
+KIT_EXAMPLES="  $KIT_SCRIPT --module knowledge_incorporation -- eval --model /mnt/qwen2.5-7b --mesh 4,4 --out runs/eval-7b
+  $KIT_SCRIPT --module inner_loop_job -- --preset small-qwen2 --adapters 64 --mesh 8,1 --out runs/inner-64
   $KIT_SCRIPT --module inner_loop_job --flags '--preset llama-3.2-1b --adapters 256 --mesh 32,1 --out runs/l1b'
   $KIT_SCRIPT --module bench_inner_loop --no-distributed --env 'XLA_FLAGS=--xla_dump_to=/tmp/xla' -- --json"
 

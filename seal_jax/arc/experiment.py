@@ -699,10 +699,7 @@ def write_results(ctx: Context) -> dict:
         rows_md["oracle"] = (f"oracle TTT (best of {len(ctx.oracle_configs)} fixed configs)", st["success_rate"],
                              f"{st['n_correct']}/{st['n_tasks']} tasks", st["ci95_wilson"],
                              "solved per config: " + ", ".join(map(str, st["per_config_solved"])))
-    training = {e["phase"]: {k: v for k, v in e.items() if k not in ("time", "event", "phase")}
-                for e in read_jsonl(ctx.run.file("events.jsonl")) if e.get("event") == "training"}
-    if training:  # how each phase's adapters were trained, by its last invocation that trained any
-        out["training"] = training
+    out["training"] = {"layout": "ragged", "mesh": a.mesh}  # each invocation's accounting: "training" events
     bc_path = os.path.join(ctx.run.path, "bc", "summary.json")
     if os.path.exists(bc_path):
         with open(bc_path) as f:

@@ -185,6 +185,9 @@ class ContinualConfig(Common):
 def check(cfg: Common) -> list[str]:
     """Everything wrong with a config, one line each, before any work (the command line prints the first)."""
     out = model_problems(cfg) + problems(cfg) + mesh_problems(cfg)
+    if cfg.distributed and not isinstance(cfg, EvalConfig):
+        out.append(f"--distributed runs the eval command only (multi-host {command_of(cfg)} is not supported yet: "
+                   f"run it in one process, on one host's devices with --mesh)")
     out += target_problems(lora_targets=cfg.lora_targets,
                            **({"sft_targets": cfg.sft_targets} if isinstance(cfg, RestEMConfig) else {}))
     return out
@@ -250,7 +253,7 @@ def load_context(cfg) -> Context:
     except PromptsError as e:
         raise SystemExit(f"error: {e}") from None
     run = RunDir(cfg.out, {"command": command, **dataclasses.asdict(cfg)},
-                 resume_free=("no_progress", "out", "sft_checkpoint_every"))
+                 resume_free=("no_progress", "out", "sft_checkpoint_every"), writer=is_main())
     model, tokenizer = load_model(cfg)
     if cfg.instruct_model and (fmt.self_edit_template is None or fmt.answer_template is None) \
             and not tokenizer.hf.chat_template:
@@ -325,10 +328,12 @@ def self_edit_stage(ctx: Context, passages, path: str, k: int, model=None, desc=
     """Sample k self-edits per passage from the policy (`seal_jax.seal.sample_self_edits`), or reuse the file written
     by an earlier run."""
     from seal_jax import seal
-    from seal_jax.knowledge.data import load_passages
+    from seal_jax.distributed import from_main
+    from seal_jax.knowledge.data import load_passages, passages_from_records
 
-    if os.path.exists(path):
-        return load_passages(path)
+    written = from_main([p.to_dict() for p in load_passages(path)] if is_main() and os.path.exists(path) else None)
+    if written is not None:  # an earlier run's file (process 0's, in a multi-host run)
+        return passages_from_records(written, source=path)
     model = model or ctx.model
     a = ctx.cfg
     fmt = ctx.ttt.prompt_format
@@ -451,18 +456,20 @@ def evaluate(ctx: Context, passages, out_dir: str, k: int, reps: int, model=None
     stats: dict = {}
     evals = ttt_stage(ctx, passages, jobs, os.path.join(out_dir, "evals.jsonl"), model, desc=f"{label}TTT",
                       unusable=unusable, stats=stats)
+    if stats:  # what this invocation trained, and how (resumed runs add one event per invocation)
+        ctx.run.event("training", path=out_dir, **training_record(ctx, stats))
     results = single_passage_results(passages, baseline, evals, dict(settings(ctx), n_articles=len(passages),
                                                                      k_completions=k, eval_times=reps))
-    results["training"] = training_record(ctx, stats)
+    results["training"] = {"layout": ctx.ttt.engine, "mesh": ctx.cfg.mesh}
     if is_main():
         write_json(os.path.join(out_dir, "results.json"), results)
     return results
 
 
 def training_record(ctx: Context, stats: dict) -> dict:
-    """How this invocation trained its self-edit adapters: the layout, the mesh and the layout's accounting (token
-    slots computed over every adapter shard, real tokens, useful fraction; the engine's steps, calls and per-shard
-    figures). Jobs read back from an earlier run are not in it."""
+    """How this invocation trained its self-edit adapters (a "training" event): the layout, the mesh and the
+    layout's accounting (token slots computed over every adapter shard, real tokens, useful fraction; the engine's
+    steps, calls and per-shard figures). Jobs read back from an earlier run are not in it."""
     out = {"layout": ctx.ttt.engine, "mesh": ctx.cfg.mesh, **stats}
     if stats.get("token_slots"):
         out["useful_token_fraction"] = round(stats["real_tokens"] / stats["token_slots"], 4)

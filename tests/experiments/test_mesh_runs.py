@@ -1,6 +1,6 @@
 """Both experiments under `--mesh 4,2` on 8 simulated CPU devices report what their single-device runs report, and
-their results show the sharded ragged engine trained the adapters (its accounting over 4 adapter shards), not the
-padded layout."""
+their results show the sharded ragged engine trained the adapters (results.json: the layout and mesh; the run's
+"training" events: the engine's accounting over 4 adapter shards), not the padded layout."""
 
 from __future__ import annotations
 
@@ -29,6 +29,11 @@ def _rows(path: str) -> dict[str, dict]:
         return {r["key"]: r for r in map(json.loads, f)}
 
 
+def _training(run) -> list[dict]:
+    with open(os.path.join(run, "events.jsonl")) as f:
+        return [e for e in map(json.loads, f) if e["event"] == "training"]
+
+
 def test_knowledge_eval_on_a_mesh_equals_one_device(tmp_path):
     from seal_jax import demo_world
     data = tmp_path / "data"
@@ -49,7 +54,9 @@ def test_knowledge_eval_on_a_mesh_equals_one_device(tmp_path):
         assert a[k]["answers"] == b[k]["answers"] and a[k]["correct"] == b[k]["correct"], k
         assert abs(a[k]["first_loss"] - b[k]["first_loss"]) < 1e-4 and abs(a[k]["final_loss"] - b[k]["final_loss"]) < 1e-4
     assert 0 < one["overall"]["adapter_mean_accuracy"] < 1  # answers that vary, so equality means something
-    t1, t8 = one["training"], mesh["training"]
+    assert one["training"] == {"layout": "ragged", "mesh": None} and mesh["training"] == {"layout": "ragged",
+                                                                                          "mesh": "4,2"}
+    (t1,), (t8,) = _training(tmp_path / "one"), _training(tmp_path / "mesh")
     assert t1["layout"] == t8["layout"] == "ragged" and t1["shards"] == 1 and t8["shards"] == 4
     assert t8["mesh"] == "4,2" and len(t8["shard_real_tokens"]) == 4 and all(t8["shard_real_tokens"])
     assert t8["real_tokens"] == t1["real_tokens"] and t8["token_slots"] >= t8["real_tokens"]
@@ -72,7 +79,8 @@ def test_arc_on_a_mesh_equals_one_device(tmp_path):
     _run("experiments.arc_few_shot", argv + ["--out", str(tmp_path / "mesh"), "--mesh", "4,2"])
     one = json.load(open(tmp_path / "one" / "results.json"))
     mesh = json.load(open(tmp_path / "mesh" / "results.json"))
-    assert mesh["phases"] == one["phases"]
+    assert mesh["phases"] == one["phases"] and mesh["training"] == {"layout": "ragged", "mesh": "4,2"}
+    events = {run: {e["phase"]: e for e in _training(tmp_path / run)} for run in ("one", "mesh")}
     for phase in ("train", "oracle"):
         rows = [json.loads(line) for line in open(tmp_path / "one" / phase / "evals.jsonl")]
         rows8 = {r["task_id"]: r for r in map(json.loads, open(tmp_path / "mesh" / phase / "evals.jsonl"))}
@@ -83,6 +91,6 @@ def test_arc_on_a_mesh_equals_one_device(tmp_path):
                 assert x.get("attempts") == y.get("attempts") and x.get("steps") == y.get("steps"), phase
                 if x.get("final_loss") is not None:
                     assert abs(x["final_loss"] - y["final_loss"]) < 1e-4
-        t1, t8 = one["training"][phase], mesh["training"][phase]
+        t1, t8 = events["one"][phase], events["mesh"][phase]
         assert t1["layout"] == t8["layout"] == "ragged" and t1["shards"] == 1 and t8["shards"] == 4, phase
         assert t8["real_tokens"] == t1["real_tokens"] and t8["mesh"] == "4,2"
