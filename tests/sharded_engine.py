@@ -1,6 +1,6 @@
 """The ragged engine sharded == the single-device engine, run under 8 simulated CPU devices (tests/test_sharding.py)
-or as one process of a multi-process run (tests/test_multihost.py: `--coordinator HOST:PORT --num-processes N
---process-id I`, 4 devices each).
+or as one process of a multi-process run (tests/test_multihost.py: `--distributed` with SEAL_COORDINATOR,
+SEAL_NUM_PROCESSES and SEAL_PROCESS_ID set, 4 devices each).
 
 The stream: 14 jobs with ragged sequence lengths, different learning rates, schedules, epochs, batch sizes and clips,
 through 2 slots per adapter shard (so slots are refilled, some after a failure), one job diverging (lr 1e30) and one
@@ -86,11 +86,9 @@ def main(meshes) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--mesh", action="append", help="A,M (default: the four meshes of 8 devices)")
-    ap.add_argument("--coordinator")
-    ap.add_argument("--num-processes", type=int)
-    ap.add_argument("--process-id", type=int)
+    ap.add_argument("--distributed", action="store_true", help="join the processes of SEAL_COORDINATOR etc.")
     args = ap.parse_args()
-    if args.coordinator:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.distributed:
+        distributed.initialize()
     assert jax.device_count() == 8, jax.devices()
     main([tuple(int(x) for x in m.split(",")) for m in args.mesh] if args.mesh else MESHES)

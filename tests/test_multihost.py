@@ -25,17 +25,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_write_one_results_file(tmp_path):
-    out = str(tmp_path / "multi")
+def _processes(argv: list[str], devices: int, n: int = 2) -> list[tuple[str, str]]:
+    """`argv --distributed` on `n` local processes of `devices` CPU devices each, joined through jax.distributed on
+    localhost (SEAL_COORDINATOR / SEAL_NUM_PROCESSES / SEAL_PROCESS_ID); each one's (stdout, stderr), every process
+    checked to exit 0."""
     port = _free_port()
-    procs = [subprocess.Popen([sys.executable, *JOB, "--out", out, "--mesh", "4,1", "--distributed",
-                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                              cwd=ROOT, env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    procs = [subprocess.Popen([sys.executable, *argv, "--distributed"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE,
+                              env=dict(cpu_devices_env(devices), SEAL_COORDINATOR=f"127.0.0.1:{port}",
+                                       SEAL_NUM_PROCESSES=str(n), SEAL_PROCESS_ID=str(i)))
+             for i in range(n)]
+    outs = [p.communicate(timeout=900) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
+    return outs
+
+
+def test_two_processes_write_one_results_file(tmp_path):
+    out = str(tmp_path / "multi")
+    outs = _processes([*JOB, "--out", out, "--mesh", "4,1"], devices=2)
     assert sorted(os.listdir(out)) == ["checkpoints", "results.json"] or sorted(os.listdir(out)) == ["results.json"]
     multi = json.load(open(os.path.join(out, "results.json")))
     assert multi["processes"] == 2 and multi["devices"] == 4
@@ -53,15 +61,7 @@ def test_two_processes_write_one_results_file(tmp_path):
 def test_sharded_engine_on_two_processes_equals_one_device():
     """The ragged engine on a (4, 2) mesh over 2 processes x 4 devices: each process feeds its own shards, and every
     adapter equals the single-device engine's (tests/sharded_engine.py)."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.sharded_engine", "--mesh", "4,2", "--coordinator",
-                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
-                              cwd=ROOT, env=cpu_devices_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
-             for i in range(2)]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
+    outs = _processes(["-m", "tests.sharded_engine", "--mesh", "4,2"], devices=4)
     assert not any(line.startswith("{") for line in outs[1][0].splitlines())  # only process 0 reports
     result = json.loads(outs[0][0].strip().splitlines()[-1])
     r = result["(4, 2)"]
@@ -69,33 +69,24 @@ def test_sharded_engine_on_two_processes_equals_one_device():
     assert r["failed"] == result["reference"]["failed"] == [5, 13] and r["same_failures"] and r["same_real_tokens"]
 
 
-def _knowledge_eval(out: str, devices: int, processes: int = 1) -> list[tuple[str, str]]:
+def _knowledge_eval(out: str, processes: int = 1) -> None:
     """`knowledge_incorporation eval --mesh 4,2` on the demo model and world: one process of 8 devices, or
-    `processes` of 4 joined on localhost; returns each process's (stdout, stderr)."""
+    `processes` of 8 / processes devices joined on localhost."""
     from seal_jax import demo_world
     from tests.conftest import DEMO_MODEL
     data = os.path.join(os.path.dirname(out), "world")
     if not os.path.exists(os.path.join(data, "eval.json")):
         demo_world.write_seal_files(demo_world.build_world(0), data)
-    cmd = [sys.executable, "-m", "experiments.knowledge_incorporation", "eval", "--model", DEMO_MODEL, "--dtype",
-           "float32", "--data", os.path.join(data, "eval.json"), "--n-passages", "4", "--k", "1",
-           "--max-self-edit-tokens", "48", "--loss-mode", "all", "--lora-targets", "q,v", "--epochs", "2",
-           "--answer-max-tokens", "16", "--no-progress", "--mesh", "4,2", "--out", out]
-    port = _free_port()
-    procs = []
-    for i in range(processes):
-        env = cpu_devices_env(devices)
-        if processes > 1:
-            cmd_i = cmd + ["--distributed"]
-            env.update(SEAL_COORDINATOR=f"127.0.0.1:{port}", SEAL_NUM_PROCESSES=str(processes), SEAL_PROCESS_ID=str(i))
-        else:
-            cmd_i = cmd
-        procs.append(subprocess.Popen(cmd_i, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (o, e) in zip(procs, outs):
-        assert p.returncode == 0, e[-3000:]
-    return outs
+    argv = ["-m", "experiments.knowledge_incorporation", "eval", "--model", DEMO_MODEL, "--dtype", "float32",
+            "--data", os.path.join(data, "eval.json"), "--n-passages", "4", "--k", "1", "--max-self-edit-tokens", "48",
+            "--loss-mode", "all", "--lora-targets", "q,v", "--epochs", "2", "--answer-max-tokens", "16",
+            "--no-progress", "--mesh", "4,2", "--out", out]
+    if processes > 1:
+        _processes(argv, devices=8 // processes, n=processes)
+        return
+    proc = subprocess.run([sys.executable, *argv], cwd=ROOT, env=cpu_devices_env(8), capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _evals(out: str) -> dict[str, dict]:
@@ -108,8 +99,8 @@ def test_knowledge_eval_on_two_processes(tmp_path):
     agree on what is left (process 0's files), the records equal one process of 8 devices, and a rerun after losing
     two records trains exactly those two."""
     multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
-    _knowledge_eval(multi, 4, processes=2)
-    _knowledge_eval(single, 8)
+    _knowledge_eval(multi, processes=2)
+    _knowledge_eval(single)
     a, b = _evals(multi), _evals(single)
     assert sorted(a) == sorted(b) and len(a) == 4
     for k in a:
@@ -124,7 +115,7 @@ def test_knowledge_eval_on_two_processes(tmp_path):
         lines = f.readlines()
     with open(os.path.join(multi, "evals.jsonl"), "w") as f:
         f.writelines(lines[:2])
-    _knowledge_eval(multi, 4, processes=2)
+    _knowledge_eval(multi, processes=2)
     again = _evals(multi)
     assert sorted(again) == sorted(a)
     for k in a:
