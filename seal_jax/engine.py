@@ -213,7 +213,8 @@ def _admit(model_cfg, state: SlotState, reset, seeds) -> SlotState:
         keep = lambda new, old: jax.tree.map(
             lambda n, o: jnp.where(reset.reshape((-1,) + (1,) * (o.ndim - 1)), n, o), new, old)
         opt = jax.vmap(optim.init_state)(fresh)
-        unusable = reset & ~_finite_slots(fresh)
+        # (behind a barrier: B starts as zeros, and XLA would constant-fold the check of a broadcast for seconds)
+        unusable = reset & ~_finite_slots(jax.lax.optimization_barrier(fresh))
         return SlotState(Lora(lora_cfg, keep(fresh, st.lora.weights)), keep(opt, st.opt_state),
                          jnp.where(reset, 0, st.step), (st.failed & ~reset) | unusable, st.diverged & ~reset)
 
