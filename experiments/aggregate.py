@@ -19,7 +19,8 @@ and beside them, over all N sequences of all runs:
     ci95_over_sequences          1.96 x pooled std / sqrt(N): the half-width of a 95% interval of the mean
 
 The forgetting table (accuracy on passage j after i edits, the pooled mean with its CI) is printed as Markdown.
-Bad input (a missing directory, a run that is not a continual run, runs of different shapes) is a one-line error.
+Bad input (a missing directory, a run that is not a continual run, runs of different shapes, one run named twice,
+by any spelling of its path) is a one-line error.
 """
 
 from __future__ import annotations
@@ -99,6 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli
 def main(argv=None) -> int:
     args = parse_args(argv)
+    seen: dict[str, str] = {}
+    for r in args.runs:  # one run counted twice would weigh its sequences double
+        real = os.path.realpath(r)
+        if real in seen:
+            raise SystemExit(f"error: {r} names the run {seen[real]} again (the same directory {real}); give each "
+                             f"run once")
+        seen[real] = r
     agg = aggregate([_load(r) for r in args.runs])
     agg["runs"] = [os.path.abspath(r) for r in args.runs]
     if args.out:

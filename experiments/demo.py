@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     for line in extra:
         print(line)
     write_json(os.path.join(args.out, "demo_results.json"),
-               {"rows": [{"setting": r[0], "accuracy": r[1], "ci95": r[2], "n": r[3]} for r in rows],
+               {"rows": [{"setting": r[0], "accuracy": r[1], "ci95": r[2], "n": r[3], "failed": r[4][0]} for r in rows],
                 "paired": paired, "eval_k": args.eval_k, "rounds": args.rounds,
                 "notes": "accuracy: mean over passages of the fraction of 5 questions right; ci95: 95% normal "
                          "half-width over passages; paired: later row minus earlier row, per passage, mean and "
@@ -109,9 +109,9 @@ def main(argv=None) -> int:
 
 
 def _table(passage: dict, policies: list[dict]):
-    """The rows (name, accuracy, ci95, n), the paired differences between rows scored on the same passages, and
-    lines saying how much of each difference's noise is self-edit sampling; from the results of the passage-only run
-    and of every policy's evaluation (policy 0 first)."""
+    """The rows (name, accuracy, ci95, n, (failed, total) self-edit evaluations), the paired differences between
+    rows scored on the same passages, and lines saying how much of each difference's noise is self-edit sampling;
+    from the results of the passage-only run and of every policy's evaluation (policy 0 first)."""
     from seal_jax.knowledge.report import paired_difference, per_passage, sampling_variance
     rounds = len(policies) - 1
     pol0 = policies[0]
@@ -119,7 +119,9 @@ def _table(passage: dict, policies: list[dict]):
              ("TTT on self-edits, iteration 0", pol0, "adapter")]
     named += [(f"SEAL, ReST-EM round {r}", policies[r], "adapter") for r in range(1, rounds + 1)]
     rows = [(name, res["overall"][f"{which}_mean_accuracy"], res["overall"][f"{which}_ci95"],
-             res["overall"]["n_articles"]) for name, res, which in named]
+             res["overall"]["n_articles"],
+             (res["overall"].get("failed_self_edits", 0), res["overall"].get("n_self_edit_evaluations", 0))
+             if which == "adapter" else (0, 0)) for name, res, which in named]
     per = [per_passage(res, which) for _, res, which in named]
     pairs = [(i - 1, i) for i in range(1, len(named))]
     if rounds >= 2:
@@ -140,8 +142,10 @@ def _table(passage: dict, policies: list[dict]):
 
 
 def _markdown(rows, paired) -> str:
+    from seal_jax.knowledge.report import score_cells
     table = ["| setting | accuracy (%) | 95% CI | n passages |", "|---|---|---|---|"]
-    table += [f"| {name} | {100 * acc:.1f} | {_pm(ci)} | {n} |" for name, acc, ci, n in rows]
+    table += ["| {} | {} | {} | {} |".format(name, *score_cells(acc, ci, *failed), n)
+              for name, acc, ci, n, failed in rows]
     table += ["", "Paired differences (same passages; per-passage difference, 95% Student-t interval):", "",
               "| comparison | difference (points) | paired 95% CI | unpaired 95% CI | passages up / down | beyond "
               "paired CI |", "|---|---|---|---|---|---|"]

@@ -9,10 +9,12 @@ Without --mesh it lists every (adapter, model) factorisation of --devices and wh
 The ragged engine (`seal_jax.engine`, what the experiments train with) is planned with --engine: --slots (alias
 --adapters) adapters per adapter shard, --rows x --seq-len packed streams per global step, rematerialised layers,
 per device of --mesh ADAPTER,MODEL on --chip (alias --device); it says what fits one device (the most slots at those
-rows, the most rows at those slots, whether the layers could stay unrematerialised):
+rows, the most rows at those slots, whether the engine rematerialises its layers there):
 
-    python -m experiments.plan_memory --engine --preset qwen2.5-7b --chip H100 --mesh 1,1 --slots 64 --rows 8 --seq-len 512
-    python -m experiments.plan_memory --engine --preset qwen2.5-7b --chip v5e --mesh 4,4 --slots 64 --rows 8 --seq-len 512
+    python -m experiments.plan_memory --engine --preset qwen2.5-7b --chip H100 --mesh 1,1 --slots 64 --rows 8 \
+        --seq-len 512
+    python -m experiments.plan_memory --engine --preset qwen2.5-7b --chip v5e --mesh 4,4 --slots 64 --rows 8 \
+        --seq-len 512
     python -m experiments.plan_memory --engine --preset llama-3.2-1b --chip H100 --slots 16 --rows 4 \
         --seq-len 8192 --lora-rank 128 --lora-alpha 16 --targets q,v,gate,up,down --batch-size 2 --attention cudnn
 
@@ -66,6 +68,10 @@ def main(argv=None) -> int:
     for name in ("devices", "adapters", "seq_len", "batch_size", "examples", "lora_rank", "rows", "steps_per_call"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.generate is not None:
+        parts = args.generate.split(",")
+        if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            ap.error(f"--generate must be ROWS,PROMPT,NEW (three positive integers), got {args.generate!r}")
     if args.mesh:
         bad = mesh_problems(args)
         if bad:

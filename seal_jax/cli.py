@@ -162,6 +162,8 @@ class ModelFlags:
     preset: str | None = flag(None, "a random-init preset instead of --model (smoke tests)")
     tokenizer: str | None = flag(None, "tokenizer dir (default: --model)")
     dtype: Literal["float32", "bfloat16"] = flag("bfloat16", "dtype of the base weights")
+    allow_nonfinite_weights: bool = flag(False, "load a checkpoint whose weights hold nan or inf (debugging; "
+                                                "refused by default)")
     seed: int = flag(0, "every sampling, shuffling, LoRA-init and TTT seed derives from it (the original used the "
                         "clock)")
 
@@ -230,7 +232,7 @@ def load_model(cfg: ModelFlags, remat: bool = False):
     from seal_jax.tokenizer import Tokenizer
     tokenizer = Tokenizer.from_dir(cfg.tokenizer or cfg.model)
     if cfg.model:
-        model = seal_jax.load_pretrained(cfg.model, dtype=cfg.dtype)
+        model = seal_jax.load_pretrained(cfg.model, dtype=cfg.dtype, allow_nonfinite=cfg.allow_nonfinite_weights)
     else:
         model = seal_jax.init_model(seal_jax.get_preset(cfg.preset), seed=cfg.seed, dtype=cfg.dtype)
     if remat:

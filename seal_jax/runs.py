@@ -139,7 +139,8 @@ def check_flags(ap: argparse.ArgumentParser, args: argparse.Namespace, minimum: 
 
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap an experiment's `main(argv)`: a user-input error (a bad file, flag, config, checkpoint, plan) ends with
-    one line on stderr, `error: ...`, and exit status 2, not a traceback. `--debug` anywhere in argv (or SEAL_DEBUG=1)
+    one line on stderr, `error: ...`, and exit status 2, not a traceback; Ctrl-C ends with one line and status 130
+    (what finished is on disk: re-running the command resumes). `--debug` anywhere in argv (or SEAL_DEBUG=1)
     re-raises for the traceback. The project's error types, file errors and ValueError (how the library reports bad
     input) are caught; anything else is a bug and keeps its traceback."""
     import functools
@@ -154,6 +155,11 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         from seal_jax.models.config import ConfigError
         try:
             return main(argv) or 0
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            print("error: interrupted (Ctrl-C); re-run the same command to resume", file=sys.stderr)
+            return 130
         except SystemExit as e:  # raise SystemExit("error: ...") (RunDirError and the experiments' own checks)
             if debug or not isinstance(e.code, str):
                 raise
@@ -174,7 +180,10 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
 
 
 def _canonical(value):
-    """Existing paths resolved, so that two spellings of one file or directory compare equal."""
+    """Existing paths resolved, in lists too (repeatable path flags), so that two spellings of one file or directory
+    compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
     if isinstance(value, str) and value and os.path.exists(value):
         return os.path.realpath(value)
     return value
@@ -285,26 +294,27 @@ def read_jsonl_strict(path: str | os.PathLike, required: Mapping[str, type] | No
     run's own append-only logs and forgives a last line cut by a kill."""
     name = os.fspath(path)
     rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{name}: line {n} is not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{name}: line {n} is not a JSON object")
-                for key, kind in (required or {}).items():
-                    if key not in row:
-                        raise ValueError(f"{name}: line {n} lacks the field '{key}'")
-                    if not isinstance(row[key], kind):
-                        raise ValueError(f"{name}: line {n}: field '{key}' is not a "
-                                         f"{_TYPE_NAMES.get(kind, kind.__name__)}")
-                rows.append(row)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{name}: not UTF-8 text ({e.reason})") from None
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{name}: line {n} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{name}: line {n} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{name}: line {n} is not a JSON object")
+            for key, kind in (required or {}).items():
+                if key not in row:
+                    raise ValueError(f"{name}: line {n} lacks the field '{key}'")
+                if not isinstance(row[key], kind):
+                    raise ValueError(f"{name}: line {n}: field '{key}' is not a "
+                                     f"{_TYPE_NAMES.get(kind, kind.__name__)}")
+            rows.append(row)
     return rows
 
 

@@ -286,6 +286,7 @@ def load_context(cfg) -> Context:
         # Llama-3 vocabulary: the built-in Llama-3.2 template with its fixed date line, so TTT and inference texts do
         # not change with the calendar day (the hub template dates them with strftime_now, W3).
         tokenizer.hf.chat_template = CHAT_TEMPLATES["llama3"]
+
     buckets = _ints(cfg.length_buckets) or None
     try:
         ttt = TTTOptions(lora=LoraConfig(rank=cfg.lora_rank, alpha=cfg.lora_alpha,
@@ -314,6 +315,9 @@ def load_context(cfg) -> Context:
             _injected(cfg.self_edits, eval_tasks, cfg.k_eval)
     if cfg.seal_self_edits and "seal" in phases:
         _injected(cfg.seal_self_edits, eval_tasks, cfg.k_eval)
+    if not tokenizer.hf.chat_template:  # TTT and inference texts are chats: stop before any work is written
+        raise SystemExit(f"error: {cfg.tokenizer or cfg.model}: the tokenizer has no chat template (ARC's TTT and "
+                         f"inference texts are chat turns); use an instruct model's tokenizer")
     run.event("start", phases=list(phases), devices=jax.device_count(), mesh=cfg.mesh,
               train_tasks=[t.task_id for t in train_tasks], eval_tasks=[t.task_id for t in eval_tasks])
     return Context(cfg, run, model, tokenizer, ttt, inference, train_tasks, eval_tasks, oracle,

@@ -120,12 +120,15 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: ModelConfig | None = None) -> Model:
+def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: ModelConfig | None = None,
+                    allow_nonfinite: bool = False) -> Model:
     """Load a HF checkpoint directory into a `Model`, casting every tensor to `dtype`.
 
     sharding: None (default device), one `jax.sharding.Sharding` for every leaf, a pytree of shardings shaped like
     the params, or a `jax.sharding.Mesh` (then the project's sharding rules place each leaf; see seal_jax.sharding).
-    Each tensor goes from the file straight to its target placement.
+    Each tensor goes from the file straight to its target placement. A tensor holding nan or inf (after the cast:
+    an fp32 value beyond bf16's range counts) is refused with CheckpointError naming it, unless `allow_nonfinite`
+    (for debugging a broken checkpoint): a model with one non-finite weight answers nothing and trains nothing.
     """
     cfg = config or read_config(path)
     np_dtype = np.dtype(ml_dtypes.bfloat16) if as_dtype(dtype) == as_dtype("bfloat16") else np.dtype(as_dtype(dtype))
@@ -153,6 +156,12 @@ def load_pretrained(path: str, dtype="float32", sharding: Any = None, config: Mo
                     raise CheckpointError(f"{fname}: tensor {name} has shape {tuple(w.shape)}, "
                                           f"expected {want} for this config")
                 value = LAYOUTS[spec.layout][0](w, spec.layer_shape(cfg)).astype(np_dtype)
+                finite = True if allow_nonfinite else np.isfinite(value)
+                if not np.all(finite):
+                    bad = int(value.size - np.count_nonzero(finite))
+                    raise CheckpointError(f"{fname}: tensor {name} holds {bad} non-finite value(s) (nan or inf"
+                                          f"{' after the cast to ' + str(dtype) if np.isfinite(w).all() else ''}); "
+                                          f"refusing a broken checkpoint (--allow-nonfinite-weights loads it)")
                 if layer is None:
                     target[...] = value
                 else:

@@ -124,9 +124,19 @@ def _type_name(value: Any) -> str:
 def _require_str(record: Mapping[str, Any], key: str, where: str) -> str:
     if key not in record:
         raise ValueError(f"{where}: missing field {key!r}")
-    value = record[key]
+    return _text(record[key], f"{where}: field {key!r}")
+
+
+def _text(value: Any, what: str) -> str:
+    """A string that UTF-8 can encode: JSON's escapes can spell a lone surrogate ("\\ud800") that no tokenizer
+    takes, so it is refused here, naming the record, not deep inside tokenisation."""
     if not isinstance(value, str):
-        raise ValueError(f"{where}: field {key!r} must be a string, got {_type_name(value)}")
+        raise ValueError(f"{what} must be a string, got {_type_name(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode text ({e.reason} at character {e.start}: "
+                         f"{value[e.start]!r})") from None
     return value
 
 
@@ -151,10 +161,7 @@ def _passage_from_record(record: Any, where: str) -> Passage:
         raw_completions = record["completions"]
         if not isinstance(raw_completions, list):
             raise ValueError(f"{where}: field 'completions' must be a list, got {_type_name(raw_completions)}")
-        for j, c in enumerate(raw_completions):
-            if not isinstance(c, str):
-                raise ValueError(f"{where}: completions[{j}] must be a string, got {_type_name(c)}")
-        completions = tuple(raw_completions)
+        completions = tuple(_text(c, f"{where}: completions[{j}]") for j, c in enumerate(raw_completions))
     prompt = None
     if "prompt" in record:
         prompt = _require_str(record, "prompt", where)

@@ -477,9 +477,12 @@ def training_record(ctx: Context, stats: dict) -> dict:
 
 
 def summary_row(name: str, results: dict, which: str) -> dict:
+    """A table row of `markdown_table`; an adapter row carries its failed self-edit evaluations."""
     o = results["overall"]
-    return {"name": name, "accuracy": o[f"{which}_mean_accuracy"], "ci95": o[f"{which}_ci95"],
-            "n": o["n_articles"]}
+    row = {"name": name, "accuracy": o[f"{which}_mean_accuracy"], "ci95": o[f"{which}_ci95"], "n": o["n_articles"]}
+    if which == "adapter":
+        row.update(failed=o.get("failed_self_edits", 0), total=o.get("n_self_edit_evaluations", 0))
+    return row
 
 
 def write_summary(ctx: Context, title: str, rows: list[dict], extra: str = "") -> str:

@@ -83,18 +83,30 @@ def single_passage_results(passages: Sequence[Passage], baseline: dict[int, dict
         "baseline_micro_accuracy": (sum(sum(baseline[a["passage_index"]]["correct"]) for a in articles) / n_q
                                     if n_q else 0.0),
         "n_articles": len(articles), "n_questions": n_q,
-        "failed_self_edits": sum(r["failed"] for r in evals),
+        "failed_self_edits": sum(r["failed"] for r in evals), "n_self_edit_evaluations": len(evals),
     }
     return {"overall": overall, **settings, "articles": articles}
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """rows: {"name", "accuracy", "ci95", "n"} -> a Markdown table in the paper's style."""
+    """rows: {"name", "accuracy", "ci95", "n"} and, for self-edit rows, "failed" of "total" evaluations -> a Markdown
+    table in the paper's style. A row with failed self-edits says how many beside its score (they count as wrong);
+    a row whose every self-edit failed reads as failed, not as a score of 0."""
     lines = ["| setting | accuracy | 95% CI | n passages |", "|---|---|---|---|"]
     for r in rows:
-        ci = "n/a" if r.get("ci95") is None or math.isnan(r["ci95"]) else f"± {100 * r['ci95']:.1f}"
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.1f} | {ci} | {r['n']} |")
+        acc, ci = score_cells(r["accuracy"], r.get("ci95"), r.get("failed", 0), r.get("total", 0))
+        lines.append(f"| {r['name']} | {acc} | {ci} | {r['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def score_cells(accuracy: float, ci95: float | None, failed: int = 0, total: int = 0) -> tuple[str, str]:
+    """The accuracy (%) and 95% CI cells of a table row: failed self-edit evaluations said beside the score (they
+    count as wrong), and a row whose every evaluation failed shown as failed rather than as a score of 0."""
+    ci = "n/a" if ci95 is None or math.isnan(ci95) else f"± {100 * ci95:.1f}"
+    if total and failed == total:
+        return f"FAILED ({failed} of {total} self-edits failed)", "n/a"
+    acc = f"{100 * accuracy:.1f}"
+    return (f"{acc} ({failed} of {total} self-edits failed, counted as wrong)" if failed else acc), ci
 
 
 def t_quantile_975(df: int) -> float:

@@ -1,6 +1,7 @@
 """experiments.aggregate: the original's average_results.py numbers, and pooled statistics recovered exactly."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -40,10 +41,12 @@ def test_original_average_and_exact_pooled_statistics(tmp_path, capsys):
     assert "8 sequences" in printed and "| none |" in printed and "±" in printed
 
 
-@pytest.mark.parametrize("bad", ["missing", "not_continual", "shape"])
+@pytest.mark.parametrize("bad", ["missing", "not_continual", "shape", "twice"])
 def test_bad_runs_are_one_line_errors(tmp_path, capsys, bad):
     good = _run(tmp_path, "good", np.zeros((2, 3, 2)))
-    if bad == "missing":
+    if bad == "twice":  # the same run by another spelling of its path would count its sequences twice
+        other = os.path.join(str(tmp_path), ".", "good") + "/"
+    elif bad == "missing":
         other = str(tmp_path / "nowhere")
     elif bad == "not_continual":
         (tmp_path / "eval").mkdir()
@@ -54,3 +57,5 @@ def test_bad_runs_are_one_line_errors(tmp_path, capsys, bad):
     assert aggregate.main([good, other]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
+    if bad == "twice":
+        assert err[0].startswith(f"error: {tmp_path}/./good/ names the run {good} again"), err[0]

